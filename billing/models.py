@@ -1,0 +1,64 @@
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.utils.timezone import now
+
+from channels_app.models import PRICE, Channel
+from groups.models import MONEY, Group
+
+
+class UsageRecord(models.Model):
+    """One row per relayed request, with the rates and multiplier actually applied."""
+
+    class Status(models.TextChoices):
+        SUCCESS = "success", "Success"
+        CLIENT_DISCONNECTED = "client_disconnected", "Client disconnected"
+        UPSTREAM_ERROR = "upstream_error", "Upstream error"
+        STREAM_ERROR = "stream_error", "Failed mid-stream"
+
+    request_id = models.CharField(max_length=64, db_index=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="usage"
+    )
+    token = models.ForeignKey(
+        "tokens.Token", on_delete=models.SET_NULL, null=True, related_name="usage"
+    )
+    group = models.ForeignKey(Group, on_delete=models.SET_NULL, null=True, related_name="usage")
+    channel = models.ForeignKey(
+        Channel, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage"
+    )
+    endpoint = models.CharField(max_length=40, default="chat/completions")
+    requested_model = models.CharField(max_length=200)
+    upstream_model = models.CharField(max_length=200, blank=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    input_rate = models.DecimalField(**PRICE, default=Decimal("0"))
+    output_rate = models.DecimalField(**PRICE, default=Decimal("0"))
+    multiplier = models.DecimalField(max_digits=10, decimal_places=4, default=Decimal("1"))
+    cost = models.DecimalField(**MONEY, default=Decimal("0"))
+    estimated = models.BooleanField(
+        default=False, help_text="Tokens were estimated: the upstream reported no usage."
+    )
+    stream = models.BooleanField(default=False)
+    status = models.CharField(max_length=24, choices=Status.choices, default=Status.SUCCESS)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=1)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    ttft_ms = models.PositiveIntegerField("time to first token (ms)", null=True, blank=True)
+    created = models.DateTimeField(default=now, db_index=True)
+
+    class Meta:
+        ordering = ["-created"]
+        verbose_name = "usage record"
+        indexes = [
+            models.Index(fields=["group", "created"], name="billing_usage_group_created"),
+            models.Index(fields=["channel", "created"], name="billing_usage_channel_created"),
+            models.Index(fields=["user", "created"], name="billing_usage_user_created"),
+            models.Index(fields=["token", "created"], name="billing_usage_token_created"),
+            models.Index(fields=["requested_model", "created"], name="billing_usage_model_created"),
+        ]
+
+    def __str__(self):
+        return f"{self.request_id} {self.requested_model}"

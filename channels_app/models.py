@@ -1,0 +1,153 @@
+from decimal import Decimal
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+from django.utils.timezone import now
+
+from channels_app import keystore
+from groups.models import Group
+
+PRICE = {"max_digits": 20, "decimal_places": 6}
+
+
+def split_list(text: str) -> list[str]:
+    """'a, b\\nc' -> ['a', 'b', 'c']: how lists of models and CIDRs are typed."""
+    return [item for item in (part.strip() for part in text.replace("\n", ",").split(",")) if item]
+
+
+class Channel(models.Model):
+    """An upstream: base URL + key + the models it serves, for one or more groups."""
+
+    class Kind(models.TextChoices):
+        OPENAI = "openai", "OpenAI-compatible"
+
+    class Status(models.TextChoices):
+        ENABLED = "enabled", "Enabled"
+        DISABLED = "disabled", "Disabled by hand"
+        AUTO_DISABLED = "auto_disabled", "Disabled automatically"
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.OPENAI)
+    base_url = models.URLField(
+        max_length=500, help_text="Up to and including /v1, e.g. https://api.openai.com/v1"
+    )
+    key_encrypted = models.TextField(blank=True, editable=False)
+    model_names = models.TextField(
+        "models", help_text="Model names this channel serves, separated by commas or new lines."
+    )
+    model_map = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Public name -> upstream name, e.g. {"gpt-4o": "gpt-4o-2024-08-06"}.',
+    )
+    groups = models.ManyToManyField(Group, related_name="channels", blank=True)
+    priority = models.IntegerField(default=0, help_text="Higher tiers are tried first.")
+    weight = models.PositiveIntegerField(
+        default=1, help_text="Share of traffic inside a priority tier."
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ENABLED)
+    status_reason = models.CharField(max_length=500, blank=True)
+    connect_timeout = models.FloatField(default=5.0, help_text="Seconds to open a connection.")
+    read_timeout = models.FloatField(
+        default=60.0, help_text="Longest silence allowed between bytes, in seconds."
+    )
+    input_price = models.DecimalField(
+        **PRICE, default=Decimal("0"), help_text="Price per 1M prompt tokens."
+    )
+    output_price = models.DecimalField(
+        **PRICE, default=Decimal("0"), help_text="Price per 1M completion tokens."
+    )
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    last_latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    last_checked = models.DateTimeField(null=True, blank=True)
+    created = models.DateTimeField(default=now, editable=False)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-priority", "name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(input_price__gte=0) & Q(output_price__gte=0),
+                name="channels_app_channel_prices_not_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(connect_timeout__gt=0) & Q(read_timeout__gt=0),
+                name="channels_app_channel_timeouts_positive",
+            ),
+        ]
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        errors = {}
+        if self.input_price is not None and self.input_price < 0:
+            errors["input_price"] = "Prices cannot be negative."
+        if self.output_price is not None and self.output_price < 0:
+            errors["output_price"] = "Prices cannot be negative."
+        if not isinstance(self.model_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v for k, v in self.model_map.items()
+        ):
+            errors["model_map"] = "Give a JSON object of public name -> upstream name."
+        if not self.model_list:
+            errors["model_names"] = "List at least one model."
+        if errors:
+            raise ValidationError(errors)
+
+    # --- the key: write-only ---
+    def set_key(self, plaintext: str) -> None:
+        self.key_encrypted = keystore.encrypt(plaintext)
+
+    def get_key(self) -> str:
+        return keystore.decrypt(self.key_encrypted) if self.key_encrypted else ""
+
+    @property
+    def has_key(self) -> bool:
+        return bool(self.key_encrypted)
+
+    @property
+    def model_list(self) -> list[str]:
+        return split_list(self.model_names or "")
+
+    def upstream_model(self, model: str) -> str:
+        return self.model_map.get(model, model)
+
+    def prices_for(self, model: str) -> tuple[Decimal, Decimal]:
+        """(input, output) per 1M tokens, the per-model override winning."""
+        for override in self.model_prices.all():
+            if override.model == model:
+                return override.input_price, override.output_price
+        return self.input_price, self.output_price
+
+    @property
+    def is_enabled(self) -> bool:
+        return self.status == self.Status.ENABLED
+
+
+class ModelPrice(models.Model):
+    """A per-model price on one channel, overriding the channel's rates."""
+
+    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="model_prices")
+    model = models.CharField(max_length=200)
+    input_price = models.DecimalField(**PRICE, default=Decimal("0"))
+    output_price = models.DecimalField(**PRICE, default=Decimal("0"))
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["channel", "model"], name="channels_app_modelprice_unique_model"
+            ),
+            models.CheckConstraint(
+                condition=Q(input_price__gte=0) & Q(output_price__gte=0),
+                name="channels_app_modelprice_prices_not_negative",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.channel} {self.model}"
+
+    def clean(self):
+        if (self.input_price or 0) < 0 or (self.output_price or 0) < 0:
+            raise ValidationError("Prices cannot be negative.")

@@ -1,0 +1,20 @@
+import pytest
+
+from tests.factories import make_group, make_user
+
+
+@pytest.fixture
+def pro_group(db):
+    return make_group("pro", multiplier="1.5", pricing_confirmed=True)
+
+
+@pytest.fixture
+def alice(db):
+    """An API user in the default group with credit."""
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(db):
+    """Another API user; must never see alice's things."""
+    return make_user("bob")

@@ -1,0 +1,89 @@
+from decimal import Decimal
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError
+
+from billing import ledger
+from billing.pricing import cost
+from channels_app import keystore
+from groups.models import Group
+from tests.factories import make_channel, make_group, make_token, make_user
+from tokens.models import Token, hash_key
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_default_group_exists_after_migrating():
+    assert Group.objects.filter(name="default").exists()
+
+
+def test_new_users_land_in_the_default_group(alice):
+    assert alice.group.name == "default"
+
+
+def test_token_key_is_stored_only_as_a_hash(alice):
+    token, key = make_token(alice)
+    assert key.startswith("sk-") and len(key) == 51
+    row = Token.objects.values().get(pk=token.pk)
+    assert key not in str(row.values())
+    assert row["key_hash"] == hash_key(key)
+    assert Token.objects.for_key(key).get() == token
+
+
+def test_channel_key_is_stored_only_encrypted():
+    channel = make_channel(key="sk-upstream-very-secret")
+    raw = type(channel).objects.values_list("key_encrypted", flat=True).get(pk=channel.pk)
+    assert "sk-upstream-very-secret" not in raw
+    assert channel.get_key() == "sk-upstream-very-secret"
+
+
+def test_old_channel_keys_still_decrypt_after_a_new_encryption_key(settings):
+    from cryptography.fernet import Fernet
+
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.CHANNEL_KEY_ENCRYPTION_KEYS = [old]
+    ciphertext = keystore.encrypt("sk-x")
+    settings.CHANNEL_KEY_ENCRYPTION_KEYS = [new, old]
+    assert keystore.decrypt(ciphertext) == "sk-x"
+    rotated = keystore.rotate(ciphertext)
+    settings.CHANNEL_KEY_ENCRYPTION_KEYS = [new]
+    assert keystore.decrypt(rotated) == "sk-x"
+
+
+def test_multiplier_must_be_positive():
+    group = Group(name="bad", multiplier=Decimal("0"))
+    with pytest.raises(ValidationError):
+        group.full_clean()
+    with pytest.raises(IntegrityError):
+        group.save()
+
+
+def test_a_user_cannot_point_a_token_at_a_group_they_may_not_use(alice):
+    make_group("internal", user_selectable=False)
+    with pytest.raises(ValidationError):
+        make_token(alice, group_name="internal")
+
+
+def test_cost_uses_rates_per_million_and_the_multiplier():
+    assert cost(1000, 500, Decimal("2"), Decimal("8"), Decimal("1.5")) == Decimal("0.009")
+
+
+def test_reserve_refuses_more_than_the_balance(alice):
+    token, _ = make_token(alice)
+    with pytest.raises(ledger.InsufficientQuota):
+        ledger.reserve(token, alice.balance + 1)
+    hold = ledger.reserve(token, Decimal("40"))
+    alice.refresh_from_db()
+    assert alice.balance == Decimal("60")
+    assert hold.amount == Decimal("40")
+
+
+def test_reserve_respects_the_token_spend_limit():
+    user = make_user("carol", balance=Decimal("100"))
+    token, _ = make_token(user, spend_limit=Decimal("1"))
+    ledger.reserve(token, Decimal("0.6"))
+    with pytest.raises(ledger.InsufficientQuota):
+        ledger.reserve(token, Decimal("0.6"))
+    user.refresh_from_db()
+    assert user.balance == Decimal("99.4")
