@@ -8,9 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
 from django.db.models import F, Q
-from django.utils.timezone import now
 
 from billing.models import UsageRecord
 from tokens.models import Token
@@ -66,18 +64,14 @@ def reserve(token: Token, amount: Decimal) -> Hold:
 
 
 def settle(hold: Hold | None, record: UsageRecord) -> UsageRecord:
-    """Write the usage record and replace the hold by its cost, all or nothing."""
-    cost = record.cost
-    with transaction.atomic():
-        record.save(force_insert=True)
-        if hold is not None:
-            delta = hold.amount - cost
-            if delta:
-                get_user_model().objects.filter(pk=hold.user_id).update(
-                    balance=F("balance") + delta
-                )
-            token_delta = cost - hold.amount if hold.on_token else cost
-            Token.objects.filter(pk=hold.token_id).update(
-                spent=F("spent") + token_delta, last_used_at=now()
-            )
+    """Insert the usage record; the insert itself replaces the hold by the record's cost.
+
+    A trigger on billing_usagerecord (migration billing 0002) gives the balance back
+    `held - cost` and moves the token's spend from `token_held` to `cost`, inside the INSERT
+    statement: one round trip, and never a record without its money or money without a record.
+    """
+    if hold is not None:
+        record.held = hold.amount
+        record.token_held = hold.amount if hold.on_token else ZERO
+    record.save(force_insert=True)
     return record

@@ -9,7 +9,12 @@ from groups.models import MONEY, Group
 
 
 class UsageRecord(models.Model):
-    """One row per relayed request, with the rates and multiplier actually applied."""
+    """One row per relayed request, with the rates and multiplier actually applied.
+
+    A usage record is also the ledger line that settles its request: inserting it replaces
+    the hold by the cost on the user's balance and adds the cost to the token's spend, in the
+    same statement (database triggers, see migration 0002 and billing/ledger.py).
+    """
 
     class Status(models.TextChoices):
         SUCCESS = "success", "Success"
@@ -37,6 +42,12 @@ class UsageRecord(models.Model):
     output_rate = models.DecimalField(**PRICE, default=Decimal("0"))
     multiplier = models.DecimalField(max_digits=10, decimal_places=4, default=Decimal("1"))
     cost = models.DecimalField(**MONEY, default=Decimal("0"))
+    held = models.DecimalField(
+        **MONEY, default=Decimal("0"), help_text="What was held on the balance before forwarding."
+    )
+    token_held = models.DecimalField(
+        **MONEY, default=Decimal("0"), help_text="What was held on the token's spend limit."
+    )
     estimated = models.BooleanField(
         default=False, help_text="Tokens were estimated: the upstream reported no usage."
     )

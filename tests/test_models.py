@@ -4,11 +4,10 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError
 
-from billing import ledger
 from billing.pricing import cost
 from channels_app import keystore
 from groups.models import Group
-from tests.factories import make_channel, make_group, make_token, make_user
+from tests.factories import make_channel, make_group, make_token
 from tokens.models import Token, hash_key
 
 pytestmark = pytest.mark.django_db
@@ -67,23 +66,3 @@ def test_a_user_cannot_point_a_token_at_a_group_they_may_not_use(alice):
 
 def test_cost_uses_rates_per_million_and_the_multiplier():
     assert cost(1000, 500, Decimal("2"), Decimal("8"), Decimal("1.5")) == Decimal("0.009")
-
-
-def test_reserve_refuses_more_than_the_balance(alice):
-    token, _ = make_token(alice)
-    with pytest.raises(ledger.InsufficientQuota):
-        ledger.reserve(token, alice.balance + 1)
-    hold = ledger.reserve(token, Decimal("40"))
-    alice.refresh_from_db()
-    assert alice.balance == Decimal("60")
-    assert hold.amount == Decimal("40")
-
-
-def test_reserve_respects_the_token_spend_limit():
-    user = make_user("carol", balance=Decimal("100"))
-    token, _ = make_token(user, spend_limit=Decimal("1"))
-    ledger.reserve(token, Decimal("0.6"))
-    with pytest.raises(ledger.InsufficientQuota):
-        ledger.reserve(token, Decimal("0.6"))
-    user.refresh_from_db()
-    assert user.balance == Decimal("99.4")

@@ -1,0 +1,72 @@
+"""Settle in the same statement as the usage insert.
+
+After a usage record is inserted, the user's balance gets back what was held minus the cost,
+and the token's spend moves from its hold to the cost. One round trip settles a request, and
+no record can exist without its money having moved (nor the other way round).
+"""
+
+from django.db import migrations
+
+SQLITE = [
+    """
+    CREATE TRIGGER billing_usagerecord_settle AFTER INSERT ON billing_usagerecord
+    FOR EACH ROW WHEN NEW.token_id IS NOT NULL OR NEW.user_id IS NOT NULL
+    BEGIN
+        UPDATE groups_user SET balance = balance + NEW.held - NEW.cost
+            WHERE id = NEW.user_id AND NEW.held <> NEW.cost;
+        UPDATE tokens_token
+            SET spent = spent + NEW.cost - NEW.token_held, last_used_at = NEW.created
+            WHERE id = NEW.token_id;
+    END
+    """
+]
+SQLITE_DROP = ["DROP TRIGGER IF EXISTS billing_usagerecord_settle"]
+
+POSTGRES = [
+    """
+    CREATE FUNCTION billing_usagerecord_settle() RETURNS trigger AS $$
+    BEGIN
+        IF NEW.held <> NEW.cost THEN
+            UPDATE groups_user SET balance = balance + NEW.held - NEW.cost
+                WHERE id = NEW.user_id;
+        END IF;
+        UPDATE tokens_token
+            SET spent = spent + NEW.cost - NEW.token_held, last_used_at = NEW.created
+            WHERE id = NEW.token_id;
+        RETURN NULL;
+    END
+    $$ LANGUAGE plpgsql
+    """,
+    """
+    CREATE TRIGGER billing_usagerecord_settle AFTER INSERT ON billing_usagerecord
+    FOR EACH ROW WHEN (NEW.token_id IS NOT NULL OR NEW.user_id IS NOT NULL)
+    EXECUTE FUNCTION billing_usagerecord_settle()
+    """,
+]
+POSTGRES_DROP = [
+    "DROP TRIGGER IF EXISTS billing_usagerecord_settle ON billing_usagerecord",
+    "DROP FUNCTION IF EXISTS billing_usagerecord_settle()",
+]
+
+
+def run(statements_by_vendor):
+    def apply(apps, schema_editor):
+        for sql in statements_by_vendor.get(schema_editor.connection.vendor, []):
+            schema_editor.execute(sql)
+
+    return apply
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("billing", "0001_initial"),
+        ("groups", "0001_initial"),
+        ("tokens", "0001_initial"),
+    ]
+
+    operations = [
+        migrations.RunPython(
+            run({"sqlite": SQLITE, "postgresql": POSTGRES}),
+            run({"sqlite": SQLITE_DROP, "postgresql": POSTGRES_DROP}),
+        )
+    ]
