@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: run test lint venv bench clean
+.PHONY: run test lint venv bench clean chromium
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,21 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(PY) manage.py makemigrations --check --dry-run
 
-test: lint
+# The browser tests drive Debian's Chromium, never a downloaded browser (CI runs as root).
+chromium:
+	@test -x /usr/bin/chromium || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: lint chromium
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The benchmark (bench/README.md): fake upstream + router under gunicorn + wrk, one table.
+# BENCH_QUICK=1 for a fast pass; DATABASE_URL=postgres://... to bench on PostgreSQL.
+bench: venv
+	@command -v wrk >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=120 wrk \
+		>/dev/null; } || echo "wrk not installed: the Python load generator is used"
+	$(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) staticfiles db.sqlite3

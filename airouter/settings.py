@@ -17,8 +17,21 @@ DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
+# --- HTTPS and cookies ----------------------------------------------------------
+# Off by default so `make run` works on plain http://127.0.0.1; production turns them
+# on in the environment (.env.example lists the set that makes `check --deploy` clean).
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=False)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+# Behind a TLS-terminating proxy that sets X-Forwarded-Proto (and strips it from clients).
+if env.bool("SECURE_PROXY_SSL_HEADER", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "groups.admin_site.AdminConfig",  # Django's admin with a "User Management" section
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -32,6 +45,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /v1: x-request-id on every response, the OpenAI error envelope instead of HTML.
+    "airouter.relay.errors.RelayMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -66,10 +81,27 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Concurrent streams write usage rows: take the write lock up front, wait for it.
+    # WAL lets readers run beside the writer and commits without an fsync each (bench/).
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"transaction_mode": "IMMEDIATE", "init_command": "PRAGMA busy_timeout = 5000;"}
+        {
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; "
+            "PRAGMA synchronous = NORMAL;",
+        }
     )
-else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=600)
+elif env.int("DATABASE_POOL_MAX_SIZE", default=16):
+    # psycopg's pool, one per worker process. A gthread worker runs hundreds of threads and
+    # Django's persistent connections are per thread: 1,000 held streams would exhaust the
+    # server's max_connections (bench/README.md). The pool drops connections that break in
+    # use; a health check on every checkout would cost a round trip per request.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 2,
+        "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=16),
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
+    }
+else:  # DATABASE_POOL_MAX_SIZE=0: persistent connections, one per thread
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=600)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 # Lets parallel test runs on one PostgreSQL server keep apart.
@@ -103,6 +135,8 @@ STORAGES = {
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/keys/"
 LOGOUT_REDIRECT_URL = "/login/"
+# Whether a user's /usage/ page names the channel that served each request.
+USAGE_SHOW_CHANNEL = env.bool("USAGE_SHOW_CHANNEL", default=False)
 
 # --- Secrets at rest ----------------------------------------------------------------
 # Fernet keys (urlsafe base64, 32 bytes) that encrypt channel API keys. The first one

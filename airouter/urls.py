@@ -1,5 +1,9 @@
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from django.views.generic import RedirectView
+
+from billing.views import usage
 
 admin.site.site_header = "AI Router"
 admin.site.site_title = "AI Router admin"
@@ -8,4 +12,9 @@ admin.site.index_title = "Operations"
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("v1/", include("airouter.relay.urls")),
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("keys/", include("tokens.urls")),
+    path("usage/", usage, name="usage"),
+    path("", RedirectView.as_view(pattern_name="keys"), name="home"),
 ]

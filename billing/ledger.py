@@ -6,9 +6,11 @@ the database decides, never a value read earlier in Python.
 
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import cache
 
 from django.contrib.auth import get_user_model
-from django.db.models import F, Q
+from django.db import connection
+from django.db.models import F
 
 from billing.models import UsageRecord
 from tokens.models import Token
@@ -36,27 +38,51 @@ def top_up(user_id: int, amount: Decimal) -> None:
     get_user_model().objects.filter(pk=user_id).update(balance=F("balance") + amount)
 
 
+def _update(sql: str, params: list) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
+
+
+@cache
+def _reserve_sql() -> tuple[str, str, str]:
+    """The three conditional UPDATEs of a hold, written once: they run on every request and
+    the ORM would spend ~0.2 ms of CPU compiling each of them."""
+    qn = connection.ops.quote_name
+    user, token = get_user_model()._meta, Token._meta
+    balance, spent, limit = (
+        qn(user.get_field("balance").column),
+        qn(token.get_field("spent").column),
+        qn(token.get_field("spend_limit").column),
+    )
+    amount = "CAST(%s AS NUMERIC)"
+    on_token = (
+        f"UPDATE {qn(token.db_table)} SET {spent} = {spent} + {amount} "  # noqa: S608
+        f"WHERE {qn(token.pk.column)} = %s "
+        f"AND ({limit} IS NULL OR {limit} >= {spent} + {amount})"
+    )
+    on_user = (
+        f"UPDATE {qn(user.db_table)} SET {balance} = {balance} - {amount} "  # noqa: S608
+        f"WHERE {qn(user.pk.column)} = %s AND {balance} >= {amount}"
+    )
+    release_token = (
+        f"UPDATE {qn(token.db_table)} SET {spent} = {spent} - {amount} "  # noqa: S608
+        f"WHERE {qn(token.pk.column)} = %s"
+    )
+    return on_token, on_user, release_token
+
+
 def reserve(token: Token, amount: Decimal) -> Hold:
     """Hold amount on the owner's balance (and on the token's spend limit, if it has one)."""
+    on_token_sql, on_user_sql, release_token_sql = _reserve_sql()
     on_token = token.spend_limit is not None
-    if on_token:
-        held = (
-            Token.objects.filter(pk=token.pk)
-            .filter(Q(spend_limit__isnull=True) | Q(spend_limit__gte=F("spent") + amount))
-            .update(spent=F("spent") + amount)
+    if on_token and not _update(on_token_sql, [amount, token.pk, amount]):
+        raise InsufficientQuota(
+            "This token has reached its spend limit. Raise the limit or use another token."
         )
-        if not held:
-            raise InsufficientQuota(
-                "This token has reached its spend limit. Raise the limit or use another token."
-            )
-    held = (
-        get_user_model()
-        .objects.filter(pk=token.owner_id, balance__gte=amount)
-        .update(balance=F("balance") - amount)
-    )
-    if not held:
+    if not _update(on_user_sql, [amount, token.owner_id, amount]):
         if on_token:
-            Token.objects.filter(pk=token.pk).update(spent=F("spent") - amount)
+            _update(release_token_sql, [amount, token.pk])
         raise InsufficientQuota(
             "Your balance is too low for this request. Top up the account and try again."
         )

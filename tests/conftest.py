@@ -2,6 +2,14 @@ import pytest
 
 from tests.factories import make_group, make_user
 
+pytest_plugins = ["tests.fake_upstream"]
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """PBKDF2 at a million rounds costs ~0.5 s per test user; tests need no strength."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
 
 @pytest.fixture
 def pro_group(db):

@@ -1,0 +1,149 @@
+"""The OpenAI error envelope: `{"error": {"message", "type", "param", "code"}}` on every /v1 path.
+
+`RelayError` is the one exception family of the relay: it carries the status, type, code, param
+and extra headers (Retry-After, x-should-retry). `exception_handler` renders it, DRF's own
+exceptions and anything unexpected as the envelope; `RelayMiddleware` gives every /v1 response
+an `x-request-id` and turns errors outside DRF (an exception in a view) into the envelope too.
+"""
+
+import json
+import logging
+import uuid
+
+from django.http import HttpResponse
+from rest_framework import exceptions
+
+logger = logging.getLogger(__name__)
+
+V1_PREFIX = "/v1/"
+
+
+class RelayError(exceptions.APIException):
+    """An error the client sees as the OpenAI envelope."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",  # noqa: A002  (OpenAI's field name)
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status_code = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return envelope(self.message, self.type, self.code, self.param)
+
+
+def envelope(message: str, type: str, code: str | None = None, param: str | None = None) -> dict:  # noqa: A002
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def json_response(status: int, body: dict, headers: dict | None = None) -> HttpResponse:
+    response = HttpResponse(json.dumps(body), status=status, content_type="application/json")
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+def error_response(exc: RelayError) -> HttpResponse:
+    return json_response(exc.status_code, exc.body(), exc.headers)
+
+
+def bad_request(message: str, param: str | None = None) -> RelayError:
+    return RelayError(400, message, param=param)
+
+
+def not_found_path(path: str) -> RelayError:
+    return RelayError(404, f"Unknown API path: {path}", code="unknown_url")
+
+
+# DRF's own exceptions, mapped to what OpenAI would say.
+_DRF_CODES = {
+    exceptions.MethodNotAllowed: ("invalid_request_error", "method_not_allowed"),
+    exceptions.NotFound: ("invalid_request_error", "unknown_url"),
+    exceptions.ParseError: ("invalid_request_error", None),
+    exceptions.UnsupportedMediaType: ("invalid_request_error", None),
+    exceptions.NotAcceptable: ("invalid_request_error", None),
+    exceptions.AuthenticationFailed: ("invalid_request_error", "invalid_api_key"),
+    exceptions.NotAuthenticated: ("invalid_request_error", "invalid_api_key"),
+    exceptions.PermissionDenied: ("invalid_request_error", "permission_denied"),
+    exceptions.Throttled: ("requests", "rate_limit_exceeded"),
+}
+
+
+def exception_handler(exc, context):
+    """DRF EXCEPTION_HANDLER: every exception of a relay view becomes the envelope."""
+    if isinstance(exc, RelayError):
+        return error_response(exc)
+    if isinstance(exc, exceptions.APIException):
+        type_, code = _DRF_CODES.get(type(exc), ("invalid_request_error", None))
+        if isinstance(exc, exceptions.MethodNotAllowed):
+            request = context.get("request")
+            message = f"Method {request.method} is not allowed on {request.path}."
+        else:
+            message = str(exc.detail)
+        headers = {}
+        if getattr(exc, "auth_header", None):
+            headers["WWW-Authenticate"] = exc.auth_header
+        if getattr(exc, "wait", None):
+            headers["Retry-After"] = str(int(exc.wait))
+        return json_response(exc.status_code, envelope(message, type_, code), headers)
+    logger.exception("Unexpected error on %s", getattr(context.get("request"), "path", "?"))
+    return server_error()
+
+
+def server_error() -> HttpResponse:
+    return json_response(
+        500,
+        envelope(
+            "The server had an error while processing your request.", "server_error", "server_error"
+        ),
+    )
+
+
+class RelayMiddleware:
+    """Every /v1 response gets x-request-id; an exception escaping a view is a 500 envelope."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if not request.path_info.startswith(V1_PREFIX):
+            return self.get_response(request)
+        request.request_id = request_id = uuid.uuid4().hex
+        response = self.get_response(request)
+        if response.status_code >= 400 and not response.get("Content-Type", "").startswith(
+            "application/json"
+        ):
+            # Django's own 404/413/500 pages: never HTML on /v1.
+            response = self.replace_html(request, response)
+        response["x-request-id"] = request_id
+        return response
+
+    def process_exception(self, request, exception):
+        if not request.path_info.startswith(V1_PREFIX):
+            return None
+        logger.exception("Unexpected error on %s", request.path_info)
+        return server_error()
+
+    @staticmethod
+    def replace_html(request, response):
+        status = response.status_code
+        if status == 404:
+            return error_response(not_found_path(request.path_info))
+        if status == 413:
+            return error_response(
+                RelayError(413, "Request body too large.", code="request_too_large")
+            )
+        if status >= 500:
+            return server_error()
+        return json_response(status, envelope(f"HTTP {status}", "invalid_request_error"))

@@ -1,0 +1,366 @@
+"""The /v1 endpoints: authenticate, plan, hold, forward with failover, respond, settle.
+
+Each step calls the app that owns it: tokens.authentication, channels_app.routing,
+billing.ledger, channels_app.upstream. The steady state costs three or four database round
+trips (token, hold, usage record; a token with a spend limit holds on itself too) and no
+transaction is open while the upstream works.
+"""
+
+import json
+import time
+
+from django.conf import settings
+from django.http import HttpResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework import exceptions
+from rest_framework.renderers import JSONRenderer
+from rest_framework.views import APIView
+
+from airouter.relay.errors import (
+    RelayError,
+    bad_request,
+    error_response,
+    exception_handler,
+    json_response,
+    not_found_path,
+)
+from airouter.relay.exchange import Exchange, completion_text, prompt_bound
+from airouter.relay.streaming import EventStream, model_swap, swap_model
+from billing import ledger, pricing
+from billing.models import UsageRecord
+from channels_app import health, routing, upstream
+from tokens.authentication import TokenAuthentication
+
+# endpoint -> the field that must carry the prompt, and its accepted types
+ENDPOINTS = {
+    "chat/completions": ("messages", (list,)),
+    "completions": ("prompt", (str, list)),
+    "embeddings": ("input", (str, list)),
+}
+RETRY_AFTER_NO_CHANNEL = "30"
+
+
+class RelayView(APIView):
+    authentication_classes = [TokenAuthentication]
+    permission_classes = []
+    renderer_classes = [JSONRenderer]
+    parser_classes = []
+
+    def get_exception_handler(self):
+        return exception_handler
+
+    def initial(self, request, *args, **kwargs):
+        # A wrong method is a 405 whoever asks: check it before authenticating.
+        if not hasattr(self, request.method.lower()):
+            raise exceptions.MethodNotAllowed(request.method)
+        super().initial(request, *args, **kwargs)
+
+
+class ProxyView(RelayView):
+    endpoint = ""
+
+    def post(self, request):
+        return relay(request, self.endpoint)
+
+
+class ModelListView(RelayView):
+    def get(self, request):
+        models = routing.reachable_models(request.auth)
+        return json_response(200, {"object": "list", "data": [model_object(m) for m in models]})
+
+
+class ModelDetailView(RelayView):
+    def get(self, request, model):
+        if model not in routing.reachable_models(request.auth):
+            raise model_not_found(request.auth, model)
+        return json_response(200, model_object(model))
+
+
+@csrf_exempt
+def unknown_path(request, *args, **kwargs):
+    return error_response(not_found_path(request.path))
+
+
+def model_object(model: str) -> dict:
+    return {"id": model, "object": "model", "created": 0, "owned_by": "airouter"}
+
+
+def model_not_found(token, model: str, groups: str | None = None) -> RelayError:
+    if groups is None:
+        groups = routing.plan(token, model).group_label
+    return RelayError(
+        404,
+        f"No channel of group '{groups}' serves model '{model}'. Review the group "
+        "assignments on the token and on the channels (or pick another model).",
+        code="model_not_found",
+        param="model",
+    )
+
+
+# --- the request --------------------------------------------------------------------
+
+
+def read_body(request) -> bytes:
+    limit = settings.RELAY_MAX_BODY_BYTES
+    too_large = RelayError(
+        413,
+        f"The request body is larger than {limit} bytes.",
+        code="request_too_large",
+    )
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    if length > limit:
+        raise too_large
+    raw = request._request.read(limit + 1)
+    if len(raw) > limit:
+        raise too_large
+    return raw
+
+
+def parse(raw: bytes, endpoint: str) -> dict:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise bad_request(
+            "We could not parse the JSON body of your request. The body must be a JSON object."
+        )
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("You must provide a model parameter (a string).", "model")
+    field, types = ENDPOINTS[endpoint]
+    value = body.get(field)
+    if value is None:
+        raise bad_request(f"Missing required parameter: '{field}'.", field)
+    if not isinstance(value, types) or (field == "messages" and not value):
+        kind = " or ".join("a string" if t is str else "an array" for t in types)
+        raise bad_request(f"Invalid type for '{field}': expected {kind}.", field)
+    if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
+        raise bad_request("Invalid type for 'stream': expected a boolean.", "stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise bad_request(
+            "Invalid type for 'stream_options': expected an object.", "stream_options"
+        )
+    for name in ("max_tokens", "max_completion_tokens"):
+        limit = body.get(name)
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise bad_request(f"Invalid '{name}': expected a non-negative integer.", name)
+    return body
+
+
+def completion_bound(body: dict, endpoint: str) -> int:
+    if endpoint == "embeddings":
+        return 0
+    for name in ("max_completion_tokens", "max_tokens"):
+        if body.get(name) is not None:
+            return body[name]
+    return settings.RELAY_DEFAULT_MAX_TOKENS
+
+
+def relay(request, endpoint: str):
+    token = request.auth
+    raw = read_body(request)
+    body = parse(raw, endpoint)
+    model = body["model"]
+    if not token.model_allowed(model):
+        raise RelayError(
+            403,
+            f"This API key may not use model '{model}'.",
+            code="model_not_allowed",
+            param="model",
+        )
+    stream = endpoint != "embeddings" and body.get("stream") is True
+    plan = routing.plan(token, model)
+    attempts = plan.attempts[: settings.RELAY_MAX_ATTEMPTS]
+    if not attempts:
+        if plan.unavailable:
+            raise RelayError(
+                503,
+                f"Model '{model}' has channels in group '{plan.group_label}', but none is "
+                "usable right now. Try again later.",
+                type="server_error",
+                code="no_available_channel",
+                headers={"Retry-After": RETRY_AFTER_NO_CHANNEL},
+            )
+        raise model_not_found(token, model, plan.group_label)
+
+    # The hold: an upper bound of the prompt plus every completion token allowed, at the
+    # dearest of the planned attempts.
+    prompt_limit = prompt_bound(len(raw), body)
+    completion_limit = completion_bound(body, endpoint)
+    hold_amount = max(
+        pricing.cost(prompt_limit, completion_limit, a.input_rate, a.output_rate, a.multiplier)
+        for a in attempts
+    )
+    try:
+        hold = ledger.reserve(token, hold_amount)
+    except ledger.InsufficientQuota as exc:
+        raise RelayError(
+            429,
+            exc.message,
+            type="insufficient_quota",
+            code="insufficient_quota",
+            headers={"x-should-retry": "false"},
+        ) from None
+
+    exchange = Exchange(request.request_id, token, endpoint, model, body, stream, hold)
+    try:
+        response = forward(exchange, raw, body, attempts, stream)
+    except BaseException as exc:
+        if not exchange.settled:
+            error = exc.message if isinstance(exc, RelayError) else f"{type(exc).__name__}"
+            exchange.settle(UsageRecord.Status.UPSTREAM_ERROR, None, error=error)
+        raise
+    return response
+
+
+def upstream_body(raw: bytes, body: dict, upstream_model: str, stream: bool) -> bytes:
+    """What goes upstream: the client's body, with the mapped model and usage asked for."""
+    if not stream and upstream_model == body["model"]:
+        return raw
+    changed = dict(body, model=upstream_model)
+    if stream:
+        changed["stream_options"] = dict(body.get("stream_options") or {}, include_usage=True)
+    return json.dumps(changed, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def is_channel_failure(status: int) -> bool:
+    """Answers that say the channel, not the request, is the problem: try the next one."""
+    return status >= 500 or status in (401, 403, 408, 429)
+
+
+def forward(exchange: Exchange, raw: bytes, body: dict, attempts: list, stream: bool):
+    endpoint = exchange.endpoint
+    model = exchange.model
+    expose = settings.RELAY_EXPOSE_CHANNEL
+    bodies: dict[str, bytes] = {}
+    last_status, last_error = 502, ""
+    for attempt in attempts:
+        channel = attempt.channel
+        exchange.attempts += 1
+        exchange.attempt = attempt
+        upstream_model = channel.upstream_model(model)
+        if upstream_model not in bodies:
+            bodies[upstream_model] = upstream_body(raw, body, upstream_model, stream)
+        sent = time.monotonic()
+        label = f"channel {channel.name}" if expose else f"attempt {exchange.attempts}"
+        response = None
+        try:
+            response = upstream.request(
+                "POST",
+                f"{channel.base_url}/{endpoint}",
+                key=channel.key,
+                body=bodies[upstream_model],
+                connect_timeout=channel.connect_timeout,
+                read_timeout=channel.read_timeout,
+            )
+            status = response.status
+            if stream and status == 200:
+                data = upstream.read_chunk(response, channel.read_timeout)
+                if not data:
+                    raise upstream.UpstreamError("the stream ended before any data")
+            else:
+                data = upstream.read_all(response, channel.read_timeout)
+        except upstream.UpstreamError as exc:
+            if response is not None:
+                upstream.release(response, complete=False)
+            last_status, last_error = exc.status, f"{label}: {exc.message}"
+            health.note(channel, exc.message)
+            continue
+        latency_ms = int((time.monotonic() - sent) * 1000)
+
+        if status >= 400:
+            upstream.release(response, complete=True)
+            message = upstream.describe(status, data, channel.key)
+            if is_channel_failure(status):
+                health.note(channel, message, latency_ms)
+                last_status, last_error = status, f"{label}: {message}"
+                if status in (401, 403):  # the channel's key was refused: not the client's fault
+                    last_status = 502
+                continue
+            # The request itself was refused: pass the upstream's answer back as it said it.
+            exchange.settle(UsageRecord.Status.UPSTREAM_ERROR, status, error=message)
+            if not response.headers.get("Content-Type", "").startswith("application/json"):
+                return error_response(RelayError(status, message, code="upstream_error"))
+            return served(
+                HttpResponse(data, status=status, content_type="application/json"), attempt, expose
+            )
+
+        health.note(channel, "", latency_ms)
+        swap = model_swap(upstream_model, model)
+        if stream:
+            exchange.ttft_ms = exchange.elapsed_ms()
+            events = EventStream(
+                exchange,
+                response,
+                data,
+                client_wants_usage=_wants_usage(body),
+                swap=swap,
+            )
+            out = StreamingHttpResponse(events, content_type="text/event-stream")
+            out["Cache-Control"] = "no-cache"
+            out["X-Accel-Buffering"] = "no"
+            return served(out, attempt, expose)
+
+        upstream.release(response, complete=True)
+        usage = find_usage(data)
+        exchange.settle(
+            UsageRecord.Status.SUCCESS,
+            status,
+            usage=usage,
+            completion_text=completion_text(data) if usage is None else "",
+        )
+        if swap:
+            data = swap_model(data, swap)
+        content_type = response.headers.get("Content-Type", "application/json")
+        return served(HttpResponse(data, status=status, content_type=content_type), attempt, expose)
+
+    exchange.settle(UsageRecord.Status.UPSTREAM_ERROR, last_status, error=last_error)
+    tried = exchange.attempts
+    raise RelayError(
+        last_status,
+        f"Every upstream attempt failed ({tried} tried). The last one answered: {last_error}",
+        type="upstream_error",
+        code="upstream_error",
+    )
+
+
+def served(response, attempt, expose: bool):
+    response["x-airouter-group"] = attempt.group.name
+    if expose:
+        response["x-airouter-channel"] = attempt.channel.name
+    return response
+
+
+def _wants_usage(body: dict) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+_DECODER = json.JSONDecoder()
+
+
+def find_usage(data: bytes) -> dict | None:
+    """The `usage` object of a JSON answer, without parsing the rest of it.
+
+    A `"usage"` key followed by `:` cannot occur inside a JSON string (its quotes would be
+    escaped), and usage comes last in OpenAI answers: search from the end.
+    """
+    at = data.rfind(b'"usage"')
+    while at >= 0:
+        rest = data[at + 7 :].lstrip()
+        if rest.startswith(b":"):
+            rest = rest[1:].lstrip()
+            if rest.startswith(b"{"):
+                try:
+                    usage, _ = _DECODER.raw_decode(rest.decode())
+                except ValueError:
+                    return None
+                return usage if isinstance(usage, dict) else None
+            return None
+        at = data.rfind(b'"usage"', 0, at)
+    return None

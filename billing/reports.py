@@ -1,0 +1,43 @@
+"""Usage totals: one aggregate query over the usage records, grouped by one dimension."""
+
+from datetime import datetime
+
+from django.db.models import Count, F, Sum, Value
+from django.db.models.functions import Coalesce
+
+from billing.models import UsageRecord
+
+# --by value -> the column the rows are grouped by (shown as "key").
+DIMENSIONS = {
+    "group": "group__name",
+    "user": "user__username",
+    "token": "token__key_prefix",
+    "channel": "channel__name",
+    "model": "requested_model",
+}
+COLUMNS = ["key", "requests", "prompt_tokens", "completion_tokens", "cost"]
+
+
+def usage_totals(
+    by: str = "group", since: datetime | None = None, until: datetime | None = None
+) -> list[dict]:
+    """Requests, prompt and completion tokens and cost per `by` value, costliest first.
+
+    `since` is inclusive, `until` exclusive. Rows whose group/user/token/channel was
+    deleted (or never set) are summed under key None.
+    """
+    records = UsageRecord.objects.all()
+    if since is not None:
+        records = records.filter(created__gte=since)
+    if until is not None:
+        records = records.filter(created__lt=until)
+    return list(
+        records.values(key=F(DIMENSIONS[by]))
+        .annotate(
+            requests=Count("pk"),
+            prompt_tokens=Coalesce(Sum("prompt_tokens"), Value(0)),
+            completion_tokens=Coalesce(Sum("completion_tokens"), Value(0)),
+            cost=Sum("cost"),
+        )
+        .order_by("-cost", "key")
+    )

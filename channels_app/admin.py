@@ -1,0 +1,160 @@
+from django import forms
+from django.contrib import admin
+from django.utils.text import Truncator
+
+from channels_app import provisioning
+from channels_app.models import Channel, ModelPrice
+from groups.admin import CSS, badge
+
+
+class ChannelForm(forms.ModelForm):
+    """The upstream key is write-only: typed in, encrypted, never rendered back."""
+
+    base_url = forms.URLField(
+        label="Base URL",
+        max_length=500,
+        assume_scheme="https",
+        help_text=Channel._meta.get_field("base_url").help_text,
+    )
+    key = forms.CharField(
+        label="Upstream API key",
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Stored encrypted and never shown again. Leave blank to keep the current key.",
+    )
+
+    class Meta:
+        model = Channel
+        fields = (
+            "name",
+            "kind",
+            "base_url",
+            "groups",
+            "model_names",
+            "model_map",
+            "priority",
+            "weight",
+            "status",
+            "status_reason",
+            "input_price",
+            "output_price",
+            "connect_timeout",
+            "read_timeout",
+        )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not self.instance.has_key:
+            self.fields["key"].required = True
+            self.fields["key"].help_text = "Stored encrypted and never shown again."
+
+    def save(self, commit=True):
+        if self.cleaned_data.get("key"):
+            self.instance.set_key(self.cleaned_data["key"])
+        return super().save(commit)
+
+
+class ModelPriceInline(admin.TabularInline):
+    model = ModelPrice
+    extra = 0
+    verbose_name_plural = "per-model prices (override the channel's rates)"
+
+
+class LastErrorFilter(admin.SimpleListFilter):
+    title = "last error"
+    parameter_name = "has_error"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "Has an error"), ("no", "No error"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.exclude(last_error="")
+        if self.value() == "no":
+            return queryset.filter(last_error="")
+        return queryset
+
+
+STATUS_LEVEL = {
+    Channel.Status.ENABLED: "ok",
+    Channel.Status.DISABLED: "off",
+    Channel.Status.AUTO_DISABLED: "bad",
+}
+
+
+@admin.register(Channel)
+class ChannelAdmin(admin.ModelAdmin):
+    form = ChannelForm
+    list_display = (
+        "name",
+        "status_badge",
+        "group_names",
+        "models",
+        "priority",
+        "weight",
+        "input_price",
+        "output_price",
+        "last_latency_ms",
+        "error",
+    )
+    list_filter = ("status", "groups", LastErrorFilter)
+    search_fields = ("name", "model_names", "base_url")
+    filter_horizontal = ("groups",)
+    readonly_fields = (
+        "key_status",
+        "last_error",
+        "last_error_at",
+        "last_latency_ms",
+        "last_checked",
+    )
+    fieldsets = (
+        (None, {"fields": ("name", "kind", "base_url", "key", "key_status")}),
+        ("Routing", {"fields": ("groups", "model_names", "model_map", "priority", "weight")}),
+        ("Status", {"fields": ("status", "status_reason")}),
+        ("Pricing (per 1M tokens)", {"fields": ("input_price", "output_price")}),
+        ("Timeouts (seconds)", {"fields": ("connect_timeout", "read_timeout")}),
+        (
+            "Health",
+            {"fields": ("last_error", "last_error_at", "last_latency_ms", "last_checked")},
+        ),
+    )
+    inlines = (ModelPriceInline,)
+    actions = ("enable", "disable")
+
+    class Media:
+        css = CSS
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("groups")
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, channel):
+        level = STATUS_LEVEL.get(channel.status, "off")
+        return badge(channel.get_status_display(), level, title=channel.status_reason)
+
+    @admin.display(description="groups")
+    def group_names(self, channel):
+        return ", ".join(group.name for group in channel.groups.all()) or "-"
+
+    @admin.display(description="models")
+    def models(self, channel):
+        return Truncator(", ".join(channel.model_list)).chars(60)
+
+    @admin.display(description="last error")
+    def error(self, channel):
+        return Truncator(channel.last_error).chars(80) if channel.last_error else ""
+
+    @admin.display(description="key")
+    def key_status(self, channel):
+        return "set (encrypted; never shown)" if channel.has_key else "not set"
+
+    @admin.action(description="Enable the selected channels")
+    def enable(self, request, queryset):
+        count = provisioning.enable(queryset)
+        self.message_user(request, f"Enabled {count} channel(s).")
+
+    @admin.action(description="Disable the selected channels")
+    def disable(self, request, queryset):
+        count = provisioning.disable(queryset)
+        self.message_user(request, f"Disabled {count} channel(s).")

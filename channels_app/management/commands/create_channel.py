@@ -1,0 +1,53 @@
+"""Create an upstream channel, or update one by name.
+
+The key is stored encrypted and never printed. Options not given keep their current value on
+update; a new channel needs --base-url, --key and --models.
+"""
+
+from django.core.management.base import BaseCommand
+
+from airouter.arguments import decimal_or_none, int_or_none, name_list, validation_as_command_error
+from channels_app.provisioning import parse_model_map, save_channel
+
+
+class Command(BaseCommand):
+    help = "Create or update a channel (upstream base URL, key, models, groups, priority, prices)."
+    requires_system_checks = []  # like createsuperuser: `check` and `migrate` report them
+
+    def add_arguments(self, parser):
+        parser.add_argument("name")
+        parser.add_argument("--base-url", help="Up to and including /v1.")
+        parser.add_argument("--key", help="The upstream API key (stored encrypted).")
+        parser.add_argument("--models", help="Comma-separated model names: m1,m2")
+        parser.add_argument("--groups", help="Comma-separated group names it serves: g1,g2")
+        parser.add_argument("--priority", help="Higher tiers are tried first (default 0).")
+        parser.add_argument("--weight", help="Share of traffic inside its tier (default 1).")
+        parser.add_argument("--input-price", help="Price per 1M prompt tokens.")
+        parser.add_argument("--output-price", help="Price per 1M completion tokens.")
+        parser.add_argument("--model-map", help="public=upstream,... name rewrites.")
+
+    def handle(self, *args, **options):
+        with validation_as_command_error():
+            model_map = options["model_map"]
+            saved = save_channel(
+                options["name"],
+                base_url=options["base_url"],
+                key=options["key"],
+                models=name_list(options["models"]),
+                group_names=name_list(options["groups"]),
+                priority=int_or_none(options["priority"], "--priority"),
+                weight=int_or_none(options["weight"], "--weight"),
+                input_price=decimal_or_none(options["input_price"], "--input-price"),
+                output_price=decimal_or_none(options["output_price"], "--output-price"),
+                model_map=parse_model_map(model_map) if model_map is not None else None,
+            )
+        channel = saved.channel
+        if saved.created:
+            groups = ", ".join(channel.groups.values_list("name", flat=True)) or "no group"
+            summary = f"Created channel '{channel.name}' serving {groups}."
+        elif saved.changed:
+            summary = f"Updated channel '{channel.name}': {', '.join(saved.changed)}."
+        else:
+            summary = f"Channel '{channel.name}' already exists with these settings."
+        if options["verbosity"] >= 1:
+            self.stdout.write(self.style.SUCCESS(summary))

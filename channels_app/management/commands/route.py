@@ -1,0 +1,93 @@
+"""Show where a token's request for a model would go, without sending anything.
+
+The operator's answer to "which channel will this key land on?": the ordered attempts, and for
+an empty plan, why each group and channel was left out.
+"""
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from channels_app import routing
+from tokens.models import DISPLAY_PREFIX_LENGTH, Token
+
+
+def find_token(value: str) -> Token:
+    """A full key, or the start of one (its display prefix, e.g. sk-AbCd1234)."""
+    tokens = Token.objects.select_related("owner", "group")
+    if len(value) > DISPLAY_PREFIX_LENGTH:
+        token = tokens.for_key(value).first()
+        if token is None:
+            raise CommandError("No token has this key.")
+        return token
+    matches = list(tokens.filter(key_prefix__startswith=value)[:5])
+    if not matches:
+        raise CommandError(f"No token key starts with {value!r}.")
+    if len(matches) > 1:
+        names = ", ".join(f"{t.key_prefix}... ({t.owner.username})" for t in matches)
+        raise CommandError(f"{value!r} matches several tokens: {names}. Give more of the key.")
+    return matches[0]
+
+
+class Command(BaseCommand):
+    help = "Print the ordered attempt plan (group, channel, rates) for a token and a model."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--token", required=True, help="The key, or its prefix (sk-AbCd1234).")
+        parser.add_argument("--model", required=True, help="The model name the client asks for.")
+
+    def handle(self, *args, token, model, **options):
+        token = find_token(token)
+        out = self.stdout
+        out.write(
+            f"Token {token.key_prefix}... of {token.owner.username}, routed by "
+            f"{token.group_label}; model {model}"
+        )
+        for problem in token_problems(token, model):
+            out.write(self.style.WARNING(f"Note: {problem}"))
+
+        plan = routing.plan(token, model, explain=True)
+        if not plan.attempts:
+            out.write(self.style.ERROR(f"No attempt: nothing can serve {model} for this token."))
+            for note in plan.notes or [f"group(s) {plan.group_label}: nothing to try."]:
+                out.write(f"  - {note}")
+            return
+
+        header = ("#", "group", "channel", "priority", "weight", "input/1M", "output/1M", "x")
+        rows = [
+            (
+                str(n),
+                a.group.name,
+                a.channel.name,
+                str(a.channel.priority),
+                str(a.channel.weight),
+                f"{a.input_rate.normalize():f}",
+                f"{a.output_rate.normalize():f}",
+                f"{a.multiplier.normalize():f}",
+            )
+            for n, a in enumerate(plan.attempts, 1)
+        ]
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        limit = settings.RELAY_MAX_ATTEMPTS
+        out.write(
+            f"A request makes at most {limit} of these attempts. Inside a priority tier the "
+            "order is weighted random: this is one draw."
+        )
+        if options["verbosity"] > 1:
+            for note in plan.notes:
+                out.write(f"  - {note}")
+
+
+def token_problems(token, model: str) -> list[str]:
+    """What would stop the request before routing."""
+    problems = []
+    if token.status != Token.Status.ACTIVE:
+        problems.append("the token is revoked: requests get 401.")
+    if token.is_expired:
+        problems.append("the token has expired: requests get 401 token_expired.")
+    if not token.owner.is_active:
+        problems.append(f"user {token.owner.username} is inactive: requests get 401.")
+    if not token.model_allowed(model):
+        problems.append(f"{model} is not in the token's allowed models: requests get 403.")
+    return problems

@@ -1,0 +1,177 @@
+"""The routing table: a per-process snapshot of groups, channels, their keys, models and prices.
+
+The relay reads it on every request, so it lives in memory: `get_table()` builds it on first
+use and again after ROUTING_CACHE_TTL seconds (so every instance sees an admin change within
+that bound), and `invalidate()` drops it at once. Saving or deleting a group, channel or
+per-model price, or changing a channel's groups, invalidates it in this process through signals.
+Balances are never cached: they live in the database only.
+"""
+
+import threading
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models.signals import m2m_changed, post_delete, post_save
+
+from channels_app.keystore import KeyStoreError
+from channels_app.models import Channel, ModelPrice
+from groups.models import Group
+
+
+@dataclass(frozen=True, slots=True)
+class GroupEntry:
+    id: int
+    name: str
+    multiplier: Decimal
+    auto_priority: int | None
+    user_selectable: bool
+    is_active: bool
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ChannelEntry:
+    id: int
+    name: str
+    base_url: str
+    key: str | None = field(repr=False)  # None: it cannot be decrypted
+    models: frozenset
+    model_map: dict
+    priority: int
+    weight: int
+    status: str
+    status_reason: str
+    connect_timeout: float
+    read_timeout: float
+    input_price: Decimal
+    output_price: Decimal
+    prices: dict  # model -> (input, output): the per-model overrides
+    group_ids: frozenset
+    last_error: str
+
+    @property
+    def enabled(self) -> bool:
+        return self.status == Channel.Status.ENABLED
+
+    def rates(self, model: str) -> tuple[Decimal, Decimal]:
+        return self.prices.get(model) or (self.input_price, self.output_price)
+
+    def upstream_model(self, model: str) -> str:
+        return self.model_map.get(model, model)
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    groups: dict  # id -> GroupEntry
+    channels: dict  # id -> ChannelEntry
+    channels_by_group: dict  # group id -> [ChannelEntry], every channel of the group
+    auto_groups: tuple  # active groups with an auto_priority, in that order
+    loaded_at: float
+
+
+_lock = threading.Lock()
+_table: Table | None = None
+_generation = 0  # bumped by every invalidation
+
+
+def get_table() -> Table:
+    """The current snapshot; re-read when invalidated or older than ROUTING_CACHE_TTL."""
+    table = _table
+    if table is not None and time.monotonic() - table.loaded_at < settings.ROUTING_CACHE_TTL:
+        return table
+    return _reload()
+
+
+def invalidate() -> None:
+    """Forget the snapshot; the next request reads the database."""
+    global _table, _generation
+    _generation += 1
+    _table = None
+
+
+def _changed(**kwargs) -> None:
+    # Now, and again once the admin's transaction commits: a reload in between would have
+    # read the old rows.
+    invalidate()
+    transaction.on_commit(invalidate)
+
+
+def _reload() -> Table:
+    global _table
+    with _lock:
+        table = _table
+        if table is not None and time.monotonic() - table.loaded_at < settings.ROUTING_CACHE_TTL:
+            return table  # another thread loaded it while we waited
+        generation = _generation
+        table = load(loaded_at=time.monotonic())
+        if generation == _generation:  # nothing changed while we read: keep it
+            _table = table
+        return table
+
+
+def load(loaded_at: float = 0.0) -> Table:
+    """Read the table from the database (four queries)."""
+    groups = {
+        g.id: GroupEntry(
+            g.id, g.name, g.multiplier, g.auto_priority, g.user_selectable, g.is_active
+        )
+        for g in Group.objects.all()
+    }
+    group_ids: dict[int, set] = {}
+    for channel_id, group_id in Channel.groups.through.objects.values_list(
+        "channel_id", "group_id"
+    ):
+        group_ids.setdefault(channel_id, set()).add(group_id)
+    prices: dict[int, dict] = {}
+    for price in ModelPrice.objects.all():
+        prices.setdefault(price.channel_id, {})[price.model] = (
+            price.input_price,
+            price.output_price,
+        )
+    channels = {}
+    channels_by_group: dict[int, list] = {gid: [] for gid in groups}
+    for ch in Channel.objects.all():
+        try:
+            key = ch.get_key()
+        except KeyStoreError:
+            key = None
+        entry = ChannelEntry(
+            id=ch.id,
+            name=ch.name,
+            base_url=ch.base_url.rstrip("/"),
+            key=key,
+            models=frozenset(ch.model_list),
+            model_map=dict(ch.model_map or {}),
+            priority=ch.priority,
+            weight=ch.weight,
+            status=ch.status,
+            status_reason=ch.status_reason,
+            connect_timeout=ch.connect_timeout,
+            read_timeout=ch.read_timeout,
+            input_price=ch.input_price,
+            output_price=ch.output_price,
+            prices=prices.get(ch.id, {}),
+            group_ids=frozenset(group_ids.get(ch.id, ())),
+            last_error=ch.last_error,
+        )
+        channels[ch.id] = entry
+        for gid in entry.group_ids:
+            channels_by_group.setdefault(gid, []).append(entry)
+    auto_groups = tuple(
+        sorted(
+            (g for g in groups.values() if g.is_active and g.auto_priority is not None),
+            key=lambda g: (g.auto_priority, g.name),
+        )
+    )
+    return Table(groups, channels, channels_by_group, auto_groups, loaded_at)
+
+
+_SOURCES = (Group, Channel, ModelPrice)
+for _model in _SOURCES:
+    post_save.connect(_changed, sender=_model, dispatch_uid=f"routing_table_save_{_model.__name__}")
+    post_delete.connect(
+        _changed, sender=_model, dispatch_uid=f"routing_table_delete_{_model.__name__}"
+    )
+m2m_changed.connect(_changed, sender=Channel.groups.through, dispatch_uid="routing_table_m2m")

@@ -1,0 +1,161 @@
+"""The one module that talks HTTP to upstreams (urllib3: the pool under requests, without
+requests' per-call overhead).
+
+One PoolManager per process keeps connections to every upstream alive. Every call has the
+channel's connect timeout and its read timeout, which urllib3 applies to each socket read: the
+longest silence allowed between bytes, so a long stream is fine and a stalled one is not.
+Library errors become `UpstreamError(message, retryable, status)`; status is what the client
+would be told if this was the last attempt (502 connection failure, 504 timeout). Retrying is
+the caller's decision (the relay walks its plan); this module never retries by itself.
+"""
+
+import json
+import threading
+
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
+
+POOL_MAXSIZE = 1024  # kept-alive connections per upstream host, per process
+CHUNK = 65536
+
+_pool: urllib3.PoolManager | None = None
+_pool_lock = threading.Lock()
+
+
+class UpstreamError(Exception):
+    def __init__(self, message: str, retryable: bool = True, status: int = 502):
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.status = status
+
+
+def pool() -> urllib3.PoolManager:
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                # block=False: a burst above maxsize opens extra connections, it never waits.
+                _pool = urllib3.PoolManager(num_pools=64, maxsize=POOL_MAXSIZE, block=False)
+    return _pool
+
+
+def _headers(key: str | None, extra: dict | None = None) -> dict:
+    headers = {
+        "Content-Type": "application/json",
+        "Accept-Encoding": "identity",  # bytes pass through untouched
+        "User-Agent": "airouter",
+    }
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    if extra:
+        headers.update(extra)
+    return headers
+
+
+def request(
+    method: str,
+    url: str,
+    *,
+    key: str | None,
+    body: bytes | None = None,
+    connect_timeout: float,
+    read_timeout: float,
+):
+    """Send one request; return the urllib3 response with its body not read yet.
+
+    The caller reads it (`.data`, or `read_chunk()` for streams) and must call `release()`.
+    """
+    try:
+        try:
+            return _send(method, url, key, body, connect_timeout, read_timeout)
+        except ProtocolError:
+            # A kept-alive connection the upstream had closed meanwhile: it answered nothing,
+            # so send once more on a fresh connection.
+            return _send(method, url, key, body, connect_timeout, read_timeout)
+    except NewConnectionError as exc:  # (a subclass of ConnectTimeoutError: test it first)
+        raise UpstreamError(f"connection failed: {_reason(exc)}") from exc
+    except ConnectTimeoutError as exc:
+        raise UpstreamError(f"timed out connecting after {connect_timeout:g}s", status=504) from exc
+    except ReadTimeoutError as exc:
+        raise UpstreamError(f"sent nothing for {read_timeout:g}s", status=504) from exc
+    except (ProtocolError, HTTPError, OSError) as exc:
+        raise UpstreamError(f"connection error: {_reason(exc)}") from exc
+
+
+def _send(method, url, key, body, connect_timeout, read_timeout):
+    return pool().request(
+        method,
+        url,
+        body=body,
+        headers=_headers(key),
+        timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+        retries=False,
+        redirect=False,
+        preload_content=False,
+        decode_content=False,
+    )
+
+
+def read_all(response, read_timeout: float) -> bytes:
+    """The whole body of a non-stream response."""
+    try:
+        return response.read()
+    except ReadTimeoutError as exc:
+        raise UpstreamError(f"sent nothing for {read_timeout:g}s", status=504) from exc
+    except (ProtocolError, HTTPError, OSError) as exc:
+        raise UpstreamError(f"connection dropped: {_reason(exc)}") from exc
+
+
+def read_chunk(response, read_timeout: float) -> bytes:
+    """Whatever bytes have arrived (at least one, or b"" at the end of the body)."""
+    try:
+        return response.read1(CHUNK)
+    except ReadTimeoutError as exc:
+        raise UpstreamError(f"sent nothing for {read_timeout:g}s", status=504) from exc
+    except (ProtocolError, HTTPError, OSError) as exc:
+        raise UpstreamError(f"connection dropped: {_reason(exc)}") from exc
+
+
+def release(response, complete: bool) -> None:
+    """Give the connection back to the pool if the body was read to its end, else drop it."""
+    try:
+        if complete:
+            response.release_conn()
+        else:
+            response.close()
+            response.release_conn()
+    except Exception:  # noqa: S110  (a broken connection is simply not reused)
+        pass
+
+
+def _reason(exc: Exception) -> str:
+    reason = getattr(exc, "reason", None) or exc
+    text = str(reason)
+    # urllib3 prefixes the connection object's repr: keep the useful tail.
+    return text.split(": ", 1)[-1] if text.startswith("<") else text
+
+
+def describe(status: int, data: bytes, key: str | None) -> str:
+    """What an upstream error answer said, in one line, with the channel key scrubbed."""
+    message = ""
+    try:
+        parsed = json.loads(data)
+        error = parsed.get("error") if isinstance(parsed, dict) else None
+        if isinstance(error, dict):
+            message = str(error.get("message") or "")
+        elif isinstance(error, str):
+            message = error
+        elif isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
+            message = parsed["message"]
+    except ValueError:
+        message = data[:200].decode("utf-8", "replace").strip()
+    if key and key in message:
+        message = message.replace(key, "[channel key]")
+    return f"HTTP {status}: {message[:300]}" if message else f"HTTP {status}"

@@ -1,0 +1,236 @@
+from decimal import Decimal
+
+from django import forms
+from django.contrib import admin
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.models import Group as PermissionGroup
+from django.db.models import Count, IntegerField, OuterRef, Subquery
+from django.db.models.functions import Coalesce
+from django.forms.models import BaseInlineFormSet
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
+
+from billing.ledger import top_up
+from channels_app.models import Channel
+from groups.models import Group, User
+from groups.provisioning import apply_balance_edit
+from tokens.models import Token
+
+# Routing groups are the only groups here; Django's permission groups are unused.
+admin.site.unregister(PermissionGroup)
+
+CSS = {"all": ["airouter/admin.css"]}
+
+
+class TopUpForm(forms.Form):
+    amount = forms.DecimalField(
+        max_digits=20,
+        decimal_places=10,
+        min_value=Decimal("0.0000000001"),
+        help_text="Added to each selected user's balance.",
+    )
+
+
+def badge(text: str, level: str, title: str = ""):
+    return format_html(
+        '<span class="airouter-badge airouter-badge-{}" title="{}">{}</span>', level, title, text
+    )
+
+
+def count_of(queryset, field: str):
+    """A correlated COUNT per group: no join fan-out, one query for the whole page."""
+    counted = (
+        queryset.filter(**{field: OuterRef("pk")})
+        .order_by()
+        .values(field)
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
+
+
+def balance_seen(form) -> Decimal:
+    """The balance shown when the operator opened the form (posted back as initial-balance)."""
+    field = form.fields["balance"]
+    posted = form["balance"].html_initial_name
+    try:
+        seen = field.to_python(field.hidden_widget().value_from_datadict(form.data, {}, posted))
+    except forms.ValidationError:
+        seen = None
+    return form.initial["balance"] if seen is None else seen
+
+
+class ChannelMembershipInline(admin.TabularInline):
+    model = Channel.groups.through
+    extra = 0
+    verbose_name = "channel"
+    verbose_name_plural = "channels serving this group"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("channel")
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        field = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        if db_field.name == "channel":
+            field.choices = list(field.choices)  # one query for every row's select, not one each
+        return field
+
+
+class NewestTokensFormSet(BaseInlineFormSet):
+    """Only the newest tokens: the default group may route thousands."""
+
+    LIMIT = 50
+
+    def get_queryset(self):
+        if not hasattr(self, "_newest"):  # one query, reused for every row
+            self._newest = super().get_queryset()[: self.LIMIT]
+        return self._newest
+
+
+class TokenInline(admin.TabularInline):
+    model = Token
+    formset = NewestTokensFormSet
+    extra = 0
+    verbose_name_plural = f"tokens routed by this group (newest {NewestTokensFormSet.LIMIT})"
+    fields = ("key_prefix", "name", "owner", "status", "spent", "spend_limit", "expires_at")
+    readonly_fields = fields
+    show_change_link = True
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("owner")
+
+
+@admin.register(Group)
+class GroupAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "multiplier",
+        "pricing",
+        "auto_priority",
+        "selectable",
+        "is_active",
+        "num_users",
+        "num_tokens",
+        "num_channels",
+    )
+    list_filter = ("pricing_confirmed", "user_selectable", "is_active")
+    search_fields = ("name", "description")
+    fieldsets = (
+        (None, {"fields": ("name", "description", "is_active", "all_tokens")}),
+        ("Billing", {"fields": ("multiplier", "pricing_confirmed")}),
+        ("Routing", {"fields": ("auto_priority", "user_selectable")}),
+    )
+    readonly_fields = ("all_tokens",)
+    inlines = (ChannelMembershipInline, TokenInline)
+
+    class Media:
+        css = CSS
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                num_users=count_of(User.objects.all(), "group"),
+                num_tokens=count_of(Token.objects.all(), "group"),
+                num_channels=count_of(Channel.groups.through.objects.all(), "group"),
+            )
+        )
+
+    @admin.display(description="tokens")
+    def all_tokens(self, group):
+        if group.pk is None:
+            return "-"
+        url = reverse("admin:tokens_token_changelist") + f"?group__id__exact={group.pk}"
+        return format_html('<a href="{}">All {} tokens of {}</a>', url, group.num_tokens, group)
+
+    @admin.display(description="pricing", ordering="pricing_confirmed")
+    def pricing(self, group):
+        if group.pricing_confirmed:
+            return badge("confirmed", "ok")
+        return badge("pricing TBD", "warn")
+
+    @admin.display(description="selectable", boolean=True, ordering="user_selectable")
+    def selectable(self, group):
+        return group.user_selectable
+
+    @admin.display(description="users", ordering="num_users")
+    def num_users(self, group):
+        return group.num_users
+
+    @admin.display(description="tokens", ordering="num_tokens")
+    def num_tokens(self, group):
+        return group.num_tokens
+
+    @admin.display(description="channels", ordering="num_channels")
+    def num_channels(self, group):
+        return group.num_channels
+
+
+@admin.register(User)
+class UserAdmin(DjangoUserAdmin):
+    list_display = ("username", "email", "group", "balance", "is_staff", "is_active")
+    list_filter = ("group", "is_staff", "is_superuser", "is_active")
+    list_select_related = ("group",)
+    fieldsets = (
+        (None, {"fields": ("username", "password")}),
+        ("API access", {"fields": ("group", "balance")}),
+        ("Personal info", {"fields": ("first_name", "last_name", "email")}),
+        (
+            "Permissions",
+            {"fields": ("is_active", "is_staff", "is_superuser", "user_permissions")},
+        ),
+        ("Important dates", {"fields": ("last_login", "date_joined")}),
+    )
+    add_fieldsets = (
+        (
+            None,
+            {
+                "classes": ("wide",),
+                "fields": ("username", "usable_password", "password1", "password2"),
+            },
+        ),
+        ("API access", {"fields": ("group", "balance")}),
+    )
+    actions = ("top_up_balance",)
+    add_form_template = "admin/groups/user/add_form.html"  # breadcrumbs: User Management
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        if obj is not None and "balance" in form.base_fields:
+            # The form posts back the balance the operator saw, to apply their edit as a delta.
+            form.base_fields["balance"].show_hidden_initial = True
+        return form
+
+    def save_model(self, request, obj, form, change):
+        """Save the form but never write back a balance read before requests drew on it."""
+        if not change:
+            return super().save_model(request, obj, form, change)
+        fields = [f.attname for f in obj._meta.concrete_fields if f.name not in ("id", "balance")]
+        obj.save(update_fields=fields)
+        if "balance" in form.changed_data:
+            apply_balance_edit(obj.pk, balance_seen(form), form.cleaned_data["balance"])
+
+    @admin.action(description="Top up the balance of the selected users")
+    def top_up_balance(self, request, queryset):
+        form = TopUpForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            amount = form.cleaned_data["amount"]
+            for user_id in queryset.values_list("pk", flat=True):
+                top_up(user_id, amount)
+            self.message_user(request, f"Topped up {queryset.count()} user(s) by {amount}.")
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Top up balances",
+            "form": form,
+            "users": queryset,
+            "opts": self.model._meta,
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/groups/user/top_up.html", context)

@@ -1,0 +1,96 @@
+"""The ops commands of the relay: `route` and `check_channels`."""
+
+from decimal import Decimal
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from channels_app.models import Channel
+from tests.factories import make_channel, make_group, make_token, make_user
+
+pytestmark = pytest.mark.django_db
+
+
+def run(*args, **kw) -> str:
+    out = StringIO()
+    call_command(*args, stdout=out, **kw)
+    return out.getvalue()
+
+
+def test_route_prints_the_plan_in_order(fake_upstream):
+    pro = make_group("pro", multiplier=Decimal("1.5"))
+    make_channel("primary", groups=[pro], priority=10, weight=2, input_price=Decimal("0.15"))
+    make_channel("backup", groups=[pro], priority=1, output_price=Decimal("0.6"))
+    token, key = make_token(make_user("nia", group=pro))
+
+    output = run("route", token=token.key_prefix, model="gpt-4o-mini")
+    lines = output.splitlines()
+    assert "routed by pro (default)" in lines[0]
+    first = next(i for i, line in enumerate(lines) if "primary" in line)
+    second = next(i for i, line in enumerate(lines) if "backup" in line)
+    assert first < second
+    assert lines[first].split() == ["1", "pro", "primary", "10", "2", "0.15", "0", "1.5"]
+    assert lines[second].split() == ["2", "pro", "backup", "1", "1", "0", "0.6", "1.5"]
+    assert fake_upstream.requests == []  # nothing was sent
+    assert "primary" in run("route", token=key, model="gpt-4o-mini")  # the full key works too
+
+
+def test_route_explains_an_empty_plan(db):
+    first = make_group("first", auto_priority=1)
+    second = make_group("second", auto_priority=2)
+    make_group("closed", auto_priority=3, user_selectable=False)
+    make_channel("off", groups=[first], status=Channel.Status.DISABLED, status_reason="billing")
+    make_channel("other-model", groups=[second], model_names="gpt-4o")
+    token, _ = make_token(make_user("oz", group=first), group_name="auto")
+
+    output = run("route", token=token.key_prefix, model="gpt-4o-mini")
+    assert "No attempt" in output
+    assert "channel off is not usable: disabled by hand (billing)" in output
+    assert "channel other-model does not list gpt-4o-mini" in output
+    assert "group closed: skipped, user oz may not use it" in output
+
+
+def test_route_warns_about_the_token_itself(db):
+    pro = make_group("pro")
+    make_channel("primary", groups=[pro])
+    token, _ = make_token(make_user("pat", group=pro), allowed_models="gpt-4o")
+    output = run("route", token=token.key_prefix, model="gpt-4o-mini")
+    assert "not in the token's allowed models" in output
+
+
+def test_route_rejects_an_unknown_token(db):
+    with pytest.raises(CommandError, match="No token"):
+        run("route", token="sk-nothing", model="gpt-4o-mini")
+
+
+def test_check_channels_probes_and_records(fake_upstream_factory):
+    good, bad = fake_upstream_factory(), fake_upstream_factory()
+    bad.configure(status=401, error_message="invalid key")
+    make_channel("good", base_url=good.url, model_map={"gpt-4o-mini": "mini-upstream"})
+    make_channel("bad", base_url=bad.url)
+    make_channel("off", base_url=bad.url, status=Channel.Status.DISABLED)
+
+    output = run("check_channels")
+    assert "good: OK status=200" in output
+    assert "bad: FAIL status=401" in output and "invalid key" in output
+    assert "off" not in output
+    assert "Checked 2 channel(s): 1 OK, 1 failing" in output
+    probe = good.requests[-1].json
+    assert probe["model"] == "mini-upstream" and probe["max_tokens"] == 1
+    assert good.requests[-1].headers["authorization"] == "Bearer sk-upstream-secret"
+
+    rows = {c.name: c for c in Channel.objects.all()}
+    assert rows["good"].last_error == "" and rows["good"].last_checked is not None
+    assert rows["good"].last_latency_ms is not None
+    assert rows["bad"].last_error == "HTTP 401: invalid key"
+    assert rows["off"].last_checked is None
+
+
+def test_check_channels_one_channel_and_unreachable(db):
+    make_channel("dead", base_url="http://127.0.0.1:9/v1", connect_timeout=0.5)
+    output = run("check_channels", channel="dead")
+    assert "dead: FAIL status=-" in output and "connection failed" in output
+    assert Channel.objects.get(name="dead").last_error.startswith("connection failed")
+    with pytest.raises(CommandError):
+        run("check_channels", channel="nope")

@@ -1,0 +1,184 @@
+from django import forms
+from django.contrib import admin
+from django.core.exceptions import ValidationError
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
+
+from groups.admin import CSS, badge
+from groups.models import AUTO, Group
+from tokens import issuing
+from tokens.models import Token
+
+OWNER_DEFAULT = ""
+
+
+def group_choice(token: Token) -> str:
+    if token.auto:
+        return AUTO
+    return token.group.name if token.group_id else OWNER_DEFAULT
+
+
+class TokenForm(forms.ModelForm):
+    """Routing is one choice: the owner's default group, a group the owner may use, or auto."""
+
+    route = forms.ChoiceField(
+        label="Group",
+        required=False,
+        help_text="The group that routes this token, or auto to fail over across the owner's "
+        "groups by auto priority. Only groups the owner may use are accepted.",
+    )
+
+    class Meta:
+        model = Token
+        fields = (
+            "owner",
+            "name",
+            "status",
+            "expires_at",
+            "spend_limit",
+            "allowed_models",
+            "allowed_ips",
+        )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        names = Group.objects.active().values_list("name", flat=True)
+        self.fields["route"].choices = [
+            (OWNER_DEFAULT, "The owner's default group"),
+            (AUTO, "auto: fail over by auto priority"),
+            *((name, name) for name in names),
+        ]
+        if self.instance.pk:
+            self.fields["route"].initial = group_choice(self.instance)
+
+    def clean(self):
+        cleaned = super().clean()
+        owner = cleaned.get("owner") or (self.instance.owner if self.instance.pk else None)
+        route = cleaned.get("route", OWNER_DEFAULT)
+        if owner is None or (self.instance.pk and route == group_choice(self.instance)):
+            return cleaned  # no owner to check against, or the routing is unchanged
+        try:
+            self.instance.group, self.instance.auto = issuing.resolve_group(owner, route)
+        except ValidationError as exc:
+            self.add_error("route", exc)
+        return cleaned
+
+
+class TokenAddForm(TokenForm):
+    """Creates through tokens.issuing.create_token and keeps the key for the one-time page."""
+
+    new_key = None
+
+    class Meta(TokenForm.Meta):
+        fields = tuple(f for f in TokenForm.Meta.fields if f != "status")
+
+    def save(self, commit=True):
+        data = self.cleaned_data
+        self.instance, self.new_key = issuing.create_token(
+            data["owner"],
+            name=data["name"],
+            group_name=data["route"],
+            spend_limit=data["spend_limit"],
+            allowed_models=data["allowed_models"],
+            allowed_ips=data["allowed_ips"],
+            expires_at=data["expires_at"],
+        )
+        return self.instance
+
+    def save_m2m(self):
+        pass  # a token has no many-to-many fields
+
+
+STATUS_LEVEL = {"active": "ok", "expired": "warn", "revoked": "bad"}
+
+
+@admin.register(Token)
+class TokenAdmin(admin.ModelAdmin):
+    form = TokenForm
+    add_form = TokenAddForm
+    list_display = (
+        "prefix",
+        "name",
+        "owner",
+        "routing",
+        "spend",
+        "expires_at",
+        "status_badge",
+        "last_used_at",
+        "created",
+    )
+    list_filter = ("status", "auto", "group")
+    list_select_related = ("owner__group", "group")
+    search_fields = ("key_prefix", "name", "owner__username")
+    raw_id_fields = ("owner",)
+    readonly_fields = ("prefix", "spent", "last_used_at", "created")
+    actions = ("revoke",)
+
+    class Media:
+        css = CSS
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            kwargs["form"] = self.add_form
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fieldsets(self, request, obj=None):
+        limits = ("expires_at", "spend_limit", "allowed_models", "allowed_ips")
+        if obj is None:
+            return ((None, {"fields": ("owner", "name", "route")}), ("Limits", {"fields": limits}))
+        return (
+            (None, {"fields": ("prefix", "owner", "name", "route", "status")}),
+            ("Limits", {"fields": limits}),
+            ("Use", {"fields": ("spent", "last_used_at", "created")}),
+        )
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        return (*self.readonly_fields, "owner")
+
+    def save_model(self, request, obj, form, change):
+        if change:  # a new token was already saved by create_token
+            super().save_model(request, obj, form, change)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        """Show the full key on this response only: it is not stored anywhere to show later."""
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Copy the new key",
+            "opts": self.opts,
+            "token": obj,
+            "key": request._airouter_new_key,
+            "change_url": reverse("admin:tokens_token_change", args=[obj.pk]),
+        }
+        return TemplateResponse(request, "admin/tokens/token/key_created.html", context)
+
+    def save_form(self, request, form, change):
+        obj = super().save_form(request, form, change)
+        if not change:
+            request._airouter_new_key = form.new_key
+        return obj
+
+    @admin.display(description="key", ordering="key_prefix")
+    def prefix(self, token):
+        return format_html("<code>{}...</code>", token.key_prefix)
+
+    @admin.display(description="group")
+    def routing(self, token):
+        return token.group_label
+
+    @admin.display(description="spent / limit", ordering="spent")
+    def spend(self, token):
+        limit = "no limit" if token.spend_limit is None else f"{token.spend_limit.normalize():f}"
+        return f"{token.spent.normalize():f} / {limit}"
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, token):
+        state = "expired" if token.status == "active" and token.is_expired else token.status
+        return badge(state, STATUS_LEVEL.get(state, "off"))
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request, queryset):
+        count = issuing.revoke(queryset)
+        self.message_user(request, f"Revoked {count} token(s).")

@@ -1,0 +1,150 @@
+"""DRF authentication for /v1: `Authorization: Bearer sk-...` or `x-api-key: sk-...`.
+
+One indexed query (the token with its owner) per request. The errors are the relay's envelope:
+401 invalid_api_key (the key shown masked), 401 token_expired, 403 ip_not_allowed.
+"""
+
+from datetime import UTC
+from decimal import Decimal
+from functools import cache
+
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from rest_framework.authentication import BaseAuthentication
+
+from airouter.relay.errors import RelayError
+from tokens.models import Token, hash_key, mask_key
+
+CHALLENGE = "Bearer"
+
+
+def presented_key(request) -> str:
+    meta = request.META
+    header = meta.get("HTTP_AUTHORIZATION", "")
+    if header:
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() == "bearer":
+            return key.strip()
+        return ""
+    return meta.get("HTTP_X_API_KEY", "").strip()
+
+
+# The lookup is on every request: one indexed SELECT of just the columns the relay reads,
+# written once here instead of compiled by the ORM each time (that costs ~0.4 ms of CPU).
+TOKEN_FIELDS = {
+    "id",
+    "owner_id",
+    "name",
+    "group_id",
+    "auto",
+    "key_prefix",
+    "status",
+    "expires_at",
+    "spend_limit",
+    "allowed_models",
+    "allowed_ips",
+}
+OWNER_FIELDS = {"id", "username", "is_active", "group_id"}
+
+
+def _in_model_order(model, names) -> list:
+    """Model.from_db wants the loaded fields in the model's own field order."""
+    return [f for f in model._meta.concrete_fields if f.attname in names]
+
+
+@cache
+def _lookup() -> tuple[str, list, list]:
+    user_model = get_user_model()
+    token_fields = _in_model_order(Token, TOKEN_FIELDS)
+    owner_fields = _in_model_order(user_model, OWNER_FIELDS)
+    qn = connection.ops.quote_name
+    columns = [f"t.{qn(f.column)}" for f in token_fields]
+    columns += [f"u.{qn(f.column)}" for f in owner_fields]
+    token_meta, user_meta = Token._meta, user_model._meta
+    # Identifiers come from the models' metadata; the key hash is a parameter.
+    sql = (
+        f"SELECT {', '.join(columns)} FROM {qn(token_meta.db_table)} t "  # noqa: S608
+        f"INNER JOIN {qn(user_meta.db_table)} u ON u.{qn(user_meta.pk.column)} = t."
+        f"{qn(token_meta.get_field('owner').column)} "
+        f"WHERE t.{qn(token_meta.get_field('key_hash').column)} = %s"
+    )
+    return sql, token_fields, owner_fields
+
+
+def _python_value(field, value):
+    """What the ORM's converters would give, for the few field kinds loaded here."""
+    if value is None:
+        return None
+    kind = field.get_internal_type()
+    if kind == "BooleanField":
+        return bool(value)  # SQLite answers 0/1
+    if kind == "DateTimeField":
+        if isinstance(value, str):  # SQLite stores naive UTC text
+            value = parse_datetime(value)
+        return timezone.make_aware(value, UTC) if timezone.is_naive(value) else value
+    if kind == "DecimalField" and not isinstance(value, Decimal):
+        return Decimal(str(value))
+    return value
+
+
+def find_token(key_hash: str) -> Token | None:
+    """The token with this key hash and its owner (only the fields above loaded), or None."""
+    sql, token_fields, owner_fields = _lookup()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [key_hash])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    fields = token_fields + owner_fields
+    values = [_python_value(f, v) for f, v in zip(fields, row, strict=True)]
+    n = len(token_fields)
+    token = Token.from_db(connection.alias, [f.attname for f in token_fields], values[:n])
+    token.owner = get_user_model().from_db(
+        connection.alias, [f.attname for f in owner_fields], values[n:]
+    )
+    return token
+
+
+def client_ip(request) -> str:
+    return request.META.get("REMOTE_ADDR", "")
+
+
+def _unauthorized(message: str, code: str) -> RelayError:
+    return RelayError(
+        401,
+        message,
+        code=code,
+        type="invalid_request_error",
+        headers={"WWW-Authenticate": CHALLENGE},
+    )
+
+
+class TokenAuthentication(BaseAuthentication):
+    def authenticate(self, request):
+        key = presented_key(request)
+        if not key:
+            raise _unauthorized(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer sk-...' "
+                "or 'x-api-key: sk-...'.",
+                "invalid_api_key",
+            )
+        token = find_token(hash_key(key))
+        if token is None or token.status != Token.Status.ACTIVE or not token.owner.is_active:
+            raise _unauthorized(f"Incorrect API key provided: {mask_key(key)}.", "invalid_api_key")
+        if token.is_expired:
+            raise _unauthorized(
+                f"The API key {mask_key(key)} has expired. Create a new key.", "token_expired"
+            )
+        if token.allowed_ips and not token.ip_allowed(client_ip(request)):
+            raise RelayError(
+                403,
+                f"Requests from {client_ip(request)} are not allowed for this API key.",
+                code="ip_not_allowed",
+                type="invalid_request_error",
+            )
+        return token.owner, token
+
+    def authenticate_header(self, request):
+        return CHALLENGE

@@ -1,0 +1,49 @@
+"""The key page's create form: the group is a choice among the owner's usable groups or auto."""
+
+from django import forms
+from django.utils.timezone import now
+
+from channels_app.models import split_list
+from groups.models import AUTO, MONEY
+
+
+class CreateTokenForm(forms.Form):
+    name = forms.CharField(max_length=100, required=False, help_text="To tell your keys apart.")
+    group = forms.ChoiceField(
+        help_text="The group that routes this key's requests; auto fails over between groups."
+    )
+    spend_limit = forms.DecimalField(
+        label="Spend limit",
+        required=False,
+        min_value=0,
+        max_digits=MONEY["max_digits"],
+        decimal_places=MONEY["decimal_places"],
+        help_text="Optional. Empty: no limit beyond your balance.",
+    )
+    expires_at = forms.DateTimeField(
+        label="Expires",
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        help_text="Optional, UTC. Empty: never.",
+    )
+    allowed_models = forms.CharField(
+        label="Allowed models",
+        required=False,
+        max_length=2000,
+        help_text="Optional, comma-separated. Empty: every model of the group.",
+    )
+
+    def __init__(self, *args, owner, **kwargs):
+        super().__init__(*args, **kwargs)
+        names = list(owner.usable_groups().values_list("name", flat=True))
+        self.fields["group"].choices = [(name, name) for name in names] + [(AUTO, AUTO)]
+        self.fields["group"].initial = owner.group.name if owner.group.name in names else AUTO
+
+    def clean_expires_at(self):
+        expires_at = self.cleaned_data["expires_at"]
+        if expires_at is not None and expires_at <= now():
+            raise forms.ValidationError("The expiry must be in the future.")
+        return expires_at
+
+    def clean_allowed_models(self):
+        return ", ".join(split_list(self.cleaned_data["allowed_models"]))

@@ -1,0 +1,106 @@
+"""The self-service key page: list, create (the key shown once) and revoke one's own tokens."""
+
+import secrets
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_http_methods
+
+from channels_app.routing import reachable_models
+from tokens.forms import CreateTokenForm
+from tokens.issuing import create_token, revoke
+from tokens.models import Token
+
+# Each rendered create form carries a one-time value: a reloaded or replayed POST finds it
+# spent and creates nothing, so a reload neither shows a key nor makes a second token.
+FORM_ONCE_SESSION_KEY = "keys_form_once"
+FORM_ONCE_KEPT = 20
+
+
+def _issue_form_once(request) -> str:
+    value = secrets.token_urlsafe(16)
+    pending = request.session.get(FORM_ONCE_SESSION_KEY, [])
+    request.session[FORM_ONCE_SESSION_KEY] = [*pending, value][-FORM_ONCE_KEPT:]
+    return value
+
+
+def _spend_form_once(request, value: str) -> bool:
+    pending = request.session.get(FORM_ONCE_SESSION_KEY, [])
+    if not value or value not in pending:
+        return False
+    pending.remove(value)
+    request.session[FORM_ONCE_SESSION_KEY] = pending
+    return True
+
+
+def _keys_page(request, form):
+    tokens = request.user.tokens.select_related("group").order_by("-created")
+    posted_once = request.POST.get("form_once", "")
+    if posted_once not in request.session.get(FORM_ONCE_SESSION_KEY, []):
+        posted_once = _issue_form_once(request)
+    context = {
+        "form": form,
+        "form_once": posted_once,
+        "tokens": tokens,
+        "default_group": request.user.group,
+    }
+    return render(request, "pages/keys.html", context)
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "POST"])
+def keys(request):
+    if request.method == "GET":
+        return _keys_page(request, CreateTokenForm(owner=request.user))
+
+    form = CreateTokenForm(request.POST, owner=request.user)
+    if not form.is_valid():
+        return _keys_page(request, form)
+    if not _spend_form_once(request, request.POST.get("form_once", "")):
+        messages.info(request, "That form was already submitted. A key is only shown once.")
+        return redirect("keys")
+
+    data = form.cleaned_data
+    try:
+        token, key = create_token(
+            request.user,
+            name=data["name"],
+            group_name=data["group"],
+            spend_limit=data["spend_limit"],
+            expires_at=data["expires_at"],
+            allowed_models=data["allowed_models"],
+        )
+    except ValidationError as exc:
+        form.add_error("group", exc.messages)
+        return _keys_page(request, form)
+
+    # Rendered in the POST response, never stored: the key exists only in this page.
+    models = reachable_models(token)
+    context = {
+        "token": token,
+        "key": key,
+        "base_url": request.build_absolute_uri("/v1"),
+        "models": models,
+        "example_model": models[0] if models else "MODEL",
+    }
+    return render(request, "pages/key_created.html", context)
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "POST"])
+def revoke_key(request, token_id):
+    token = get_object_or_404(
+        Token.objects.select_related("group"), pk=token_id, owner=request.user
+    )
+    if request.method == "POST":
+        if revoke(Token.objects.filter(pk=token.pk)):
+            messages.success(request, f"Revoked “{token.name or token.key_prefix}”.")
+        else:
+            messages.info(request, "That key was already revoked.")
+        return redirect("keys")
+    return render(request, "pages/key_revoke.html", {"token": token})
