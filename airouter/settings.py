@@ -104,9 +104,14 @@ elif env.int("DATABASE_POOL_MAX_SIZE", default=16):
 else:  # DATABASE_POOL_MAX_SIZE=0: persistent connections, one per thread
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=600)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-# Lets parallel test runs on one PostgreSQL server keep apart.
-if env("TEST_DATABASE_NAME", default=""):
-    DATABASES["default"]["TEST"] = {"NAME": env("TEST_DATABASE_NAME")}
+# The test database. SQLite tests use a file, not memory, so live-server threads each get a
+# connection of their own, as in a deployment; the name also keeps parallel runs apart.
+_sqlite = DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+_test_name = env("TEST_DATABASE_NAME", default="") or (
+    str(BASE_DIR / "test-db.sqlite3") if _sqlite else ""
+)
+if _test_name:
+    DATABASES["default"]["TEST"] = {"NAME": _test_name}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "groups.User"
@@ -172,4 +177,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    # Every 4xx the relay answers is the client's own business, not a warning for ops.
+    "loggers": {"django.request": {"level": "ERROR"}},
 }

@@ -2,7 +2,8 @@
 
 The relay reads it on every request, so it lives in memory: `get_table()` builds it on first
 use and again after ROUTING_CACHE_TTL seconds (so every instance sees an admin change within
-that bound), and `invalidate()` drops it at once. Saving or deleting a group, channel or
+that bound, or at once through Redis pub/sub when REDIS_URL is set: see routing_sync), and
+`invalidate()` drops it at once. Saving or deleting a group, channel or
 per-model price, or changing a channel's groups, invalidates it in this process through signals.
 Balances are never cached: they live in the database only.
 """
@@ -16,6 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
+from channels_app import routing_sync
 from channels_app.keystore import KeyStoreError
 from channels_app.models import Channel, ModelPrice
 from groups.models import Group
@@ -81,6 +83,7 @@ def get_table() -> Table:
     table = _table
     if table is not None and time.monotonic() - table.loaded_at < settings.ROUTING_CACHE_TTL:
         return table
+    routing_sync.ensure_listener(invalidate)
     return _reload()
 
 
@@ -95,7 +98,12 @@ def _changed(**kwargs) -> None:
     # Now, and again once the admin's transaction commits: a reload in between would have
     # read the old rows.
     invalidate()
-    transaction.on_commit(invalidate)
+    transaction.on_commit(_committed)
+
+
+def _committed() -> None:
+    invalidate()
+    routing_sync.publish()  # the other instances (with REDIS_URL)
 
 
 def _reload() -> Table:

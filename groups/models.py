@@ -74,8 +74,11 @@ class Group(models.Model):
             raise ValidationError({"name": "'auto' is reserved for tokens that fail over."})
 
 
+DEFAULT_GROUP_FIELDS = {"description": "Every user starts here.", "auto_priority": 100}
+
+
 def default_group_id():
-    group, _ = Group.objects.get_or_create(name=DEFAULT_GROUP_NAME)
+    group, _ = Group.objects.get_or_create(name=DEFAULT_GROUP_NAME, defaults=DEFAULT_GROUP_FIELDS)
     return group.pk
 
 

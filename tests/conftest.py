@@ -5,6 +5,16 @@ from tests.factories import make_group, make_user
 pytest_plugins = ["tests.fake_upstream"]
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """Put back what the migrations seed (the default group): a reused test database was
+    emptied by the last run's transactional tests."""
+    from groups.models import default_group_id
+
+    with django_db_blocker.unblock():
+        default_group_id()
+
+
 @pytest.fixture(autouse=True)
 def fast_password_hashing(settings):
     """PBKDF2 at a million rounds costs ~0.5 s per test user; tests need no strength."""

@@ -10,7 +10,6 @@ from urllib.parse import urlsplit
 
 import openai
 import pytest
-from django.db import connection
 from django.db.models import Sum
 
 from billing.models import UsageRecord
@@ -123,16 +122,8 @@ def test_a_client_disconnecting_mid_stream_leaves_a_record(live_server, fake_ups
     assert balance(token.owner_id) == Decimal("100") - record.cost
 
 
-def shares_one_connection() -> bool:
-    """An in-memory SQLite test database: live_server threads share one connection, so
-    concurrent requests collide inside it (SQLITE_LOCKED), which no deployment does."""
-    return connection.vendor == "sqlite" and connection.is_in_memory_db()
-
-
 def test_concurrent_requests_never_overdraw(live_server, fake_upstream):
     """A balance that covers N requests, 5N at once: at most N succeed, nothing overdraws."""
-    if shares_one_connection():
-        pytest.skip("needs a connection per thread: PostgreSQL, or TEST_DATABASE_NAME=<file>")
     n = 5
     # Each request holds, and then costs, exactly 100 x 1000/1M = 0.1 (input price 0).
     token, key, _ = routed(

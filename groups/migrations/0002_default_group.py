@@ -1,11 +1,11 @@
 from django.db import migrations
 
+from groups.models import DEFAULT_GROUP_FIELDS, DEFAULT_GROUP_NAME
+
 
 def create_default_group(apps, schema_editor):
     Group = apps.get_model("groups", "Group")
-    Group.objects.get_or_create(
-        name="default", defaults={"description": "Every user starts here.", "auto_priority": 100}
-    )
+    Group.objects.get_or_create(name=DEFAULT_GROUP_NAME, defaults=DEFAULT_GROUP_FIELDS)
 
 
 class Migration(migrations.Migration):
