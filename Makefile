@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+BIND ?= 127.0.0.1:8000
+export BIND
+ADDR = $(subst 0.0.0.0,127.0.0.1,$(BIND))
 
 .PHONY: run test lint venv bench clean chromium
 
@@ -19,7 +22,11 @@ run: venv
 	$(PY) manage.py ensure_admin
 	$(PY) manage.py collectstatic --noinput -v0
 	@echo ""
-	@echo "AI Router on http://127.0.0.1:8000  (admin: http://127.0.0.1:8000/admin/, API: http://127.0.0.1:8000/v1/)"
+	@echo "AI Router on http://$(ADDR)/"
+	@echo "  admin:    http://$(ADDR)/admin/   (sign in as the admin above)"
+	@echo "  API:      http://$(ADDR)/v1/      (OpenAI-compatible; Bearer sk-...)"
+	@echo "  API keys: http://$(ADDR)/keys/    (users create their own keys)"
+	@echo "Next: README.md, 'Group guide': a group, a channel, a user and a token, then a curl."
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py airouter.wsgi
 
 lint: venv

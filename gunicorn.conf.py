@@ -8,9 +8,9 @@ behind the worker class and the counts.
 import os
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
-# Two processes per core this may run on: GIL hand-offs between 1,000 threads of one
-# process cost twice the CPU of two processes holding 500 each (bench/README.md).
-workers = int(os.environ.get("WEB_CONCURRENCY", str(2 * len(os.sched_getaffinity(0)))))
+# One process per core this may run on: two per core cost the same CPU and 80 MB more
+# (bench/README.md).
+workers = int(os.environ.get("WEB_CONCURRENCY", str(len(os.sched_getaffinity(0)))))
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
 # Threads are started on demand: this is a ceiling, and each worker alone can hold a
 # thousand streams however the kernel spreads the connections.

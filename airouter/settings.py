@@ -1,9 +1,13 @@
 """AI Router settings. Every value can come from the environment (or a .env file);
 with nothing set it runs on SQLite in debug-free dev mode. See .env.example."""
 
+import ipaddress
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
+
+from airouter.secret_key import local_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -11,8 +15,11 @@ env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env")  # OS variables win over the file
 
 # --- Core ---------------------------------------------------------------------
-# A random dev key keeps `make run` zero-setup; production must set SECRET_KEY.
-SECRET_KEY = env("SECRET_KEY", default="dev-insecure-change-me-" + "x" * 40)
+# Without SECRET_KEY in the environment, a random key is made once and kept in .secret_key
+# (never committed), so `make run` needs no setup and no key is public. Production sets it
+# (`check --deploy` says so: airouter.E002), the same on every instance.
+SECRET_KEY_FROM_ENV = bool(env("SECRET_KEY", default=""))
+SECRET_KEY = env("SECRET_KEY", default="") or local_secret_key(BASE_DIR / ".secret_key")
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -165,6 +172,14 @@ RELAY_MAX_BODY_BYTES = env.int("RELAY_MAX_BODY_BYTES", default=10 * 1024 * 1024)
 RELAY_DEFAULT_MAX_TOKENS = env.int("RELAY_DEFAULT_MAX_TOKENS", default=4096)
 # Whether responses name the serving channel in x-airouter-channel.
 RELAY_EXPOSE_CHANNEL = env.bool("RELAY_EXPOSE_CHANNEL", default=True)
+# Reverse proxies (IPs or CIDRs) trusted to name the client in X-Forwarded-For, for token IP
+# allowlists. Empty: the client is whoever connects (REMOTE_ADDR).
+RELAY_TRUSTED_PROXIES = [p.strip() for p in env.list("RELAY_TRUSTED_PROXIES", default=[])]
+for _proxy in RELAY_TRUSTED_PROXIES:  # a typo stops the start, not every request
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"RELAY_TRUSTED_PROXIES: {_exc}") from None
 # Seconds a process may serve a stale routing table before re-reading it.
 ROUTING_CACHE_TTL = env.float("ROUTING_CACHE_TTL", default=5.0)
 # Optional: with Redis, routing changes reach every instance at once.

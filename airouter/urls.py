@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from airouter.relay import views as relay_views
 from billing.views import usage
 
 admin.site.site_header = "AI Router"
@@ -11,6 +12,7 @@ admin.site.index_title = "Operations"
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("v1", relay_views.unknown_path),  # not an APPEND_SLASH redirect: the 404 envelope
     path("v1/", include("airouter.relay.urls")),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

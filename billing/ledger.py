@@ -1,21 +1,29 @@
 """The ledger: hold an upper bound before forwarding, replace it by the real cost after.
 
-Every write is one conditional or F() UPDATE, so concurrent requests cannot overdraw:
-the database decides, never a value read earlier in Python.
+Every write is one conditional or F() UPDATE, so concurrent requests cannot overdraw: the
+database decides, never a value read earlier in Python. A hold is durable from the moment it
+is taken: `reserve` writes a pending usage record beside it, `settle` turns that record into
+the request's outcome, and the database trigger on that transition (migration billing 0002)
+gives the balance back `held - cost` and moves the token's spend from its hold to the cost.
+A process that dies mid-request leaves a pending record, which `release_holds` refunds.
 """
 
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from functools import cache
 
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import F
+from django.db.models.functions import Round
+from django.utils.timezone import now
 
 from billing.models import UsageRecord
 from tokens.models import Token
 
 ZERO = Decimal("0")
+PENDING = UsageRecord.Status.PENDING
 
 
 class InsufficientQuota(Exception):
@@ -26,16 +34,20 @@ class InsufficientQuota(Exception):
 
 @dataclass(frozen=True)
 class Hold:
-    user_id: int
-    token_id: int
+    record_id: int  # the pending usage record that carries the hold
     amount: Decimal
     on_token: bool  # whether the token's spend limit holds it too
+
+
+def money(amount: Decimal) -> str:
+    """0.0012500000 -> '0.00125'; never scientific notation."""
+    return f"{amount.normalize():f}"
 
 
 def top_up(user_id: int, amount: Decimal) -> None:
     if amount <= 0:
         raise ValueError("A top-up must be a positive amount.")
-    get_user_model().objects.filter(pk=user_id).update(balance=F("balance") + amount)
+    get_user_model().objects.filter(pk=user_id).update(balance=Round(F("balance") + amount, 10))
 
 
 def _update(sql: str, params: list) -> int:
@@ -46,7 +58,7 @@ def _update(sql: str, params: list) -> int:
 
 @cache
 def _reserve_sql() -> tuple[str, str, str]:
-    """The three conditional UPDATEs of a hold, written once: they run on every request and
+    """The UPDATEs of a hold and of its undoing, written once: they run on every request and
     the ORM would spend ~0.2 ms of CPU compiling each of them."""
     qn = connection.ops.quote_name
     user, token = get_user_model()._meta, Token._meta
@@ -57,47 +69,84 @@ def _reserve_sql() -> tuple[str, str, str]:
     )
     amount = "CAST(%s AS NUMERIC)"
     on_token = (
-        f"UPDATE {qn(token.db_table)} SET {spent} = {spent} + {amount} "  # noqa: S608
+        f"UPDATE {qn(token.db_table)} SET {spent} = ROUND({spent} + {amount}, 10) "  # noqa: S608
         f"WHERE {qn(token.pk.column)} = %s "
-        f"AND ({limit} IS NULL OR {limit} >= {spent} + {amount})"
+        f"AND ({limit} IS NULL OR {limit} >= ROUND({spent} + {amount}, 10))"
     )
     on_user = (
-        f"UPDATE {qn(user.db_table)} SET {balance} = {balance} - {amount} "  # noqa: S608
-        f"WHERE {qn(user.pk.column)} = %s AND {balance} >= {amount}"
+        f"UPDATE {qn(user.db_table)} SET {balance} = ROUND({balance} - {amount}, 10) "  # noqa: S608
+        f"WHERE {qn(user.pk.column)} = %s AND ROUND({balance}, 10) >= {amount}"
     )
     release_token = (
-        f"UPDATE {qn(token.db_table)} SET {spent} = {spent} - {amount} "  # noqa: S608
+        f"UPDATE {qn(token.db_table)} SET {spent} = ROUND({spent} - {amount}, 10) "  # noqa: S608
         f"WHERE {qn(token.pk.column)} = %s"
     )
-    return on_token, on_user, release_token
+    release_user = (
+        f"UPDATE {qn(user.db_table)} SET {balance} = ROUND({balance} + {amount}, 10) "  # noqa: S608
+        f"WHERE {qn(user.pk.column)} = %s"
+    )
+    return on_token, on_user, release_token, release_user
 
 
-def reserve(token: Token, amount: Decimal) -> Hold:
-    """Hold amount on the owner's balance (and on the token's spend limit, if it has one)."""
-    on_token_sql, on_user_sql, release_token_sql = _reserve_sql()
+def reserve(
+    token: Token, amount: Decimal, *, request_id: str, endpoint: str, model: str, stream: bool
+) -> Hold:
+    """Hold amount on the owner's balance (and on the token's spend limit, if it has one),
+    and write the pending usage record that makes the hold durable."""
+    on_token_sql, on_user_sql, release_token_sql, release_user_sql = _reserve_sql()
     on_token = token.spend_limit is not None
     if on_token and not _update(on_token_sql, [amount, token.pk, amount]):
+        limit, spent = Token.objects.values_list("spend_limit", "spent").get(pk=token.pk)
         raise InsufficientQuota(
-            "This token has reached its spend limit. Raise the limit or use another token."
+            f"This request may cost up to {money(amount)} (its prompt and max_tokens at the "
+            f"channel's rate), but this token has {money(max(limit - spent, ZERO))} of its "
+            "spend limit left. Lower max_tokens, raise the limit or use another token."
         )
     if not _update(on_user_sql, [amount, token.owner_id, amount]):
         if on_token:
             _update(release_token_sql, [amount, token.pk])
+        balance = get_user_model().objects.values_list("balance", flat=True).get(pk=token.owner_id)
         raise InsufficientQuota(
-            "Your balance is too low for this request. Top up the account and try again."
+            f"This request may cost up to {money(amount)} (its prompt and max_tokens at the "
+            f"channel's rate), but the balance is {money(balance)}. Lower max_tokens or top "
+            "up the account."
         )
-    return Hold(token.owner_id, token.pk, amount, on_token)
+    record = UsageRecord(
+        request_id=request_id,
+        user_id=token.owner_id,
+        token_id=token.pk,
+        endpoint=endpoint,
+        requested_model=model,
+        stream=stream,
+        status=PENDING,
+        held=amount,
+        token_held=amount if on_token else ZERO,
+    )
+    try:
+        record.save(force_insert=True)
+    except BaseException:
+        _update(release_user_sql, [amount, token.owner_id])
+        if on_token:
+            _update(release_token_sql, [amount, token.pk])
+        raise
+    return Hold(record.pk, amount, on_token)
 
 
-def settle(hold: Hold | None, record: UsageRecord) -> UsageRecord:
-    """Insert the usage record; the insert itself replaces the hold by the record's cost.
+def settle(hold: Hold, **outcome) -> bool:
+    """Write the request's outcome (status, tokens, rates, cost...) onto its pending record.
 
-    A trigger on billing_usagerecord (migration billing 0002) gives the balance back
-    `held - cost` and moves the token's spend from `token_held` to `cost`, inside the INSERT
-    statement: one round trip, and never a record without its money or money without a record.
+    The trigger on that UPDATE replaces the hold by `outcome["cost"]`. Only a pending record
+    settles, so a late settle and `release_holds` can never both give the money back.
     """
-    if hold is not None:
-        record.held = hold.amount
-        record.token_held = hold.amount if hold.on_token else ZERO
-    record.save(force_insert=True)
-    return record
+    return bool(UsageRecord.objects.filter(pk=hold.record_id, status=PENDING).update(**outcome))
+
+
+def release_stale_holds(older_than: timedelta, dry_run: bool = False) -> int:
+    """Refund the holds of requests that never settled (their process died): cost 0."""
+    stale = UsageRecord.objects.filter(status=PENDING, created__lt=now() - older_than)
+    if dry_run:
+        return stale.count()
+    return stale.update(
+        status=UsageRecord.Status.ABANDONED,
+        error="The request never settled (its process stopped); the hold was given back.",
+    )

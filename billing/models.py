@@ -11,16 +11,20 @@ from groups.models import MONEY, Group
 class UsageRecord(models.Model):
     """One row per relayed request, with the rates and multiplier actually applied.
 
-    A usage record is also the ledger line that settles its request: inserting it replaces
-    the hold by the cost on the user's balance and adds the cost to the token's spend, in the
-    same statement (database triggers, see migration 0002 and billing/ledger.py).
+    A usage record is also the ledger line of its request: written as pending when the hold is
+    taken, and settled by turning it into the outcome, which replaces the hold by the cost on
+    the user's balance and the token's spend in the same statement (a database trigger on
+    that transition: migration billing 0002 and billing/ledger.py). Writing a record any other
+    way moves no money.
     """
 
     class Status(models.TextChoices):
+        PENDING = "pending", "In flight (hold taken)"
         SUCCESS = "success", "Success"
         CLIENT_DISCONNECTED = "client_disconnected", "Client disconnected"
         UPSTREAM_ERROR = "upstream_error", "Upstream error"
         STREAM_ERROR = "stream_error", "Failed mid-stream"
+        ABANDONED = "abandoned", "Never settled (hold given back)"
 
     request_id = models.CharField(max_length=64, db_index=True)
     user = models.ForeignKey(

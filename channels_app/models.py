@@ -114,17 +114,6 @@ class Channel(models.Model):
     def upstream_model(self, model: str) -> str:
         return self.model_map.get(model, model)
 
-    def prices_for(self, model: str) -> tuple[Decimal, Decimal]:
-        """(input, output) per 1M tokens, the per-model override winning."""
-        for override in self.model_prices.all():
-            if override.model == model:
-                return override.input_price, override.output_price
-        return self.input_price, self.output_price
-
-    @property
-    def is_enabled(self) -> bool:
-        return self.status == self.Status.ENABLED
-
     @classmethod
     def record_result(
         cls, channel_id: int, *, error: str = "", latency_ms: int | None = None, checked=False

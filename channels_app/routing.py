@@ -1,7 +1,9 @@
 """Channel selection: which (group, channel) attempts a request makes, in which order.
 
 - A token routes through its group (or its owner's default group); an `auto` token walks the
-  groups its owner may use that have an auto priority, in that order.
+  groups its owner may use that have an auto priority, in that order. The owner may use their
+  own group and the selectable ones, active only; a token pinned to a group its owner has lost
+  (moved to another group, or the group closed or deactivated) routes nowhere and says why.
 - Inside a group: enabled channels that list the model; highest priority tier first, weighted
   random order inside a tier. A channel is tried at most once per request, even when it serves
   several of the groups.
@@ -32,13 +34,25 @@ class Plan:
     attempts: list = field(default_factory=list)
     notes: list = field(default_factory=list)  # why groups/channels were left out
     unavailable: int = 0  # channels that serve the model but cannot be used now
+    no_group: str = ""  # when the token has no group to route through: why, for the client
+    closed: bool = False  # ...because its own group is closed to it (403 group_not_allowed)
 
     @property
     def group_label(self) -> str:
-        return ", ".join(g.name for g in self.groups) or "(none)"
+        return ", ".join(g.name for g in self.groups)
 
 
-def token_groups(token, table: Table, notes: list | None = None) -> list[GroupEntry]:
+@dataclass(frozen=True, slots=True)
+class Groups:
+    """The groups a token routes through; when there are none, why (and whether its own group
+    is closed to it, rather than auto finding nothing)."""
+
+    entries: list
+    no_group: str = ""
+    closed: bool = False
+
+
+def token_groups(token, table: Table, notes: list | None = None) -> Groups:
     """The groups a token routes through, in the order they are tried."""
     owner = token.owner
     if token.auto:
@@ -52,16 +66,38 @@ def token_groups(token, table: Table, notes: list | None = None) -> list[GroupEn
                         f"group {g.name}: skipped, user {owner.username} may not use it "
                         "(not their group and not selectable)."
                     )
-        return usable
-    group_id = token.group_id or owner.group_id
-    group = table.groups.get(group_id)
-    if group is None:
-        return []
-    if not group.is_active:
-        if notes is not None:
-            notes.append(f"group {group.name}: inactive.")
-        return []
-    return [group]
+        if usable:
+            return Groups(usable)
+        return Groups(
+            [],
+            "This API key routes by auto, but no active group with an auto priority is open "
+            f"to user {owner.username}. Edit the token to pick a group, or ask an administrator "
+            "to open one.",
+        )
+    group = table.groups.get(token.group_id or owner.group_id)
+    if group is None:  # deleted since the table was read (both keys are PROTECTed)
+        return Groups([], "This API key's group no longer exists. Edit the token.", True)
+    if token.group_id:
+        why = ""
+        if not group.is_active:
+            why = "it is inactive"
+        elif group.id != owner.group_id and not group.user_selectable:
+            why = f"user {owner.username} is not in it and it is not selectable"
+        if why:
+            return Groups(
+                [],
+                f"This API key is pinned to group '{group.name}', which is no longer available "
+                f"to its owner ({why}). Edit the token to choose another group.",
+                True,
+            )
+    elif not group.is_active:
+        return Groups(
+            [],
+            f"This API key routes through its owner's group '{group.name}', which is inactive. "
+            "Ask an administrator to reactivate it or to move the user to another group.",
+            True,
+        )
+    return Groups([group])
 
 
 def _tier_order(channels: list[ChannelEntry], rng) -> list[ChannelEntry]:
@@ -85,10 +121,16 @@ def plan(token, model: str, *, table: Table | None = None, rng=random, explain=F
     """
     table = table or get_table()
     notes = [] if explain else None
-    groups = token_groups(token, table, notes)
-    result = Plan(model, groups, notes=notes if notes is not None else [])
+    route = token_groups(token, table, notes)
+    result = Plan(
+        model,
+        route.entries,
+        notes=notes if notes is not None else [],
+        no_group=route.no_group,
+        closed=route.closed,
+    )
     seen: set[int] = set()
-    for group in groups:
+    for group in route.entries:
         candidates = []
         for ch in table.channels_by_group.get(group.id, ()):
             if model not in ch.models:
@@ -128,7 +170,7 @@ def reachable_models(token, *, table: Table | None = None) -> list[str]:
     """Every model this token can be routed to now, narrowed by its allowed models."""
     table = table or get_table()
     models = set()
-    for group in token_groups(token, table):
+    for group in token_groups(token, table).entries:
         for ch in table.channels_by_group.get(group.id, ()):
             if ch.enabled and ch.key is not None:
                 models.update(ch.models)

@@ -4,9 +4,13 @@ requests' per-call overhead).
 One PoolManager per process keeps connections to every upstream alive. Every call has the
 channel's connect timeout and its read timeout, which urllib3 applies to each socket read: the
 longest silence allowed between bytes, so a long stream is fine and a stalled one is not.
-Library errors become `UpstreamError(message, retryable, status)`; status is what the client
-would be told if this was the last attempt (502 connection failure, 504 timeout). Retrying is
-the caller's decision (the relay walks its plan); this module never retries by itself.
+Library errors become `UpstreamError(message, status)`; status is what the client would be
+told if this was the last attempt (502 connection failure, 504 timeout). Retrying is the
+caller's decision (the relay walks its plan), with one exception: when a connection fails with
+a protocol error before any response came back (typically a kept-alive connection the upstream
+had closed meanwhile), `request()` sends the same request once more on a fresh connection. An
+upstream that took the request and hung up without answering looks the same, so in that case
+it may receive the request twice.
 """
 
 import json
@@ -23,16 +27,16 @@ from urllib3.exceptions import (
 
 POOL_MAXSIZE = 1024  # kept-alive connections per upstream host, per process
 CHUNK = 65536
+KEY_PLACEHOLDER = "[channel key]"  # what the client and the logs see instead of the channel key
 
 _pool: urllib3.PoolManager | None = None
 _pool_lock = threading.Lock()
 
 
 class UpstreamError(Exception):
-    def __init__(self, message: str, retryable: bool = True, status: int = 502):
+    def __init__(self, message: str, status: int = 502):
         super().__init__(message)
         self.message = message
-        self.retryable = retryable
         self.status = status
 
 
@@ -157,5 +161,12 @@ def describe(status: int, data: bytes, key: str | None) -> str:
     except ValueError:
         message = data[:200].decode("utf-8", "replace").strip()
     if key and key in message:
-        message = message.replace(key, "[channel key]")
+        message = message.replace(key, KEY_PLACEHOLDER)
     return f"HTTP {status}: {message[:300]}" if message else f"HTTP {status}"
+
+
+def scrub(data: bytes, key: str | None) -> bytes:
+    """An upstream's answer with every occurrence of the channel key replaced."""
+    if not key:
+        return data
+    return data.replace(key.encode(), KEY_PLACEHOLDER.encode())

@@ -221,8 +221,9 @@ class UserAdmin(DjangoUserAdmin):
         form = TopUpForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
             amount = form.cleaned_data["amount"]
-            for user_id in queryset.values_list("pk", flat=True):
-                top_up(user_id, amount)
+            for user in queryset:
+                top_up(user.pk, amount)
+                self.log_change(request, user, f"Topped up the balance by {amount}.")
             self.message_user(request, f"Topped up {queryset.count()} user(s) by {amount}.")
             return None
         context = {

@@ -23,3 +23,21 @@ def pricing_confirmed(app_configs, **kwargs):
         )
         for group in pending
     ]
+
+
+@checks.register(checks.Tags.security, deploy=True)
+def secret_key_from_environment(app_configs, **kwargs):
+    """airouter.E002: production runs on the key a developer's checkout made for itself."""
+    from django.conf import settings
+
+    if settings.SECRET_KEY_FROM_ENV:
+        return []
+    return [
+        checks.Error(
+            "SECRET_KEY is not set in the environment: the key generated into .secret_key "
+            "for development is in use.",
+            hint="Set SECRET_KEY (the same long random value on every instance) and "
+            "CHANNEL_KEY_ENCRYPTION_KEYS; see .env.example.",
+            id="airouter.E002",
+        )
+    ]

@@ -101,8 +101,8 @@ def save_user(
             user.save(update_fields=[f if f != "group" else "group_id" for f in changed])
         if balance is not None and user.balance != balance:
             User.objects.filter(pk=user.pk).update(balance=balance)
+            changed.append(f"balance {user.balance.normalize():f} -> {balance.normalize():f}")
             user.balance = balance
-            changed.append("balance")
     return Saved(user, False, changed)
 
 

@@ -29,6 +29,13 @@ FakeUpstream
   - `usage=False`: never send usage (no `usage` in JSON answers, no usage chunk in streams).
   - `prompt_tokens=P, completion_tokens=C`: the usage reported; `completion_tokens="max_tokens"`
     reports the request's max_tokens, so the cost equals the relay's hold exactly.
+  - `usage_every_chunk=True`: in a stream, every content event also carries the running usage
+    so far (completion_tokens 1, 2, ...), as upstreams with continuous usage stats do (vLLM's
+    `continuous_usage_stats`); the final usage chunk still has the totals.
+  - `extra_events=[b"[1, 2]", b"garbage"]`: in a stream, raw `data:` payloads sent as events
+    after the content events (before the finish event).
+  - `body=b"[1, 2]"`: answer every non-stream request with HTTP 200 and these bytes as
+    application/json (no usage).
 - Streams are chunked SSE like OpenAI's: one `data: {...}` event per content piece, a finish
   event, the usage chunk (`choices: []`) only when the request asked for
   `stream_options.include_usage`, then `data: [DONE]`.
@@ -59,6 +66,9 @@ DEFAULTS = {
     "usage": True,
     "prompt_tokens": 12,
     "completion_tokens": 5,
+    "usage_every_chunk": False,
+    "extra_events": [],
+    "body": None,
 }
 
 
@@ -198,6 +208,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._embeddings(body)
         elif body.get("stream"):
             self._stream(kind, body)
+        elif b["body"] is not None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(b["body"])))
+            self.end_headers()
+            self.wfile.write(b["body"])
         else:
             self._complete(kind, body)
 
@@ -286,9 +302,17 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 if b["stall_after"] is not None and n == b["stall_after"]:
                     time.sleep(b["stall"])
-                self._chunk(event([piece(text)]))
+                extra = {}
+                if b["usage_every_chunk"]:
+                    so_far = self._usage(body)
+                    so_far["completion_tokens"] = n + 1
+                    so_far["total_tokens"] = so_far["prompt_tokens"] + n + 1
+                    extra["usage"] = so_far
+                self._chunk(event([piece(text)], **extra))
                 if b["chunk_interval"]:
                     time.sleep(b["chunk_interval"])
+            for payload in b["extra_events"]:
+                self._chunk(b"data: " + payload + b"\n\n")
             finish = (
                 {"index": 0, "delta": {}, "finish_reason": "stop"}
                 if kind == "chat"

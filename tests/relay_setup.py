@@ -27,6 +27,12 @@ def post(live_server, path, key=None, json=None, data=None, headers=None, **kw):
     )
 
 
+def stream_post(live_server, key, model="gpt-4o-mini", headers=None, **body):
+    """A raw streamed chat request (read whole): for asserting on the SSE bytes themselves."""
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True, **body}
+    return post(live_server, "/v1/chat/completions", key, json=body, headers=headers)
+
+
 def routed(upstream, *, group="pro", multiplier="1", balance="100", channel="ch-a", **channel_kw):
     """A group with one channel on `upstream`, a user in it with credit, and a token.
 

@@ -4,11 +4,14 @@ import re
 from decimal import Decimal
 
 import pytest
+from django.contrib.admin.models import LogEntry
 from django.db import connection
+from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from billing.models import UsageRecord
+from channels_app import routing_table
 from channels_app.models import Channel
 from groups.models import Group, User
 from tests.factories import make_channel, make_group, make_token, make_user
@@ -336,7 +339,8 @@ def test_channel_per_model_price_inline(admin_client):
     )
     response = admin_client.post(url, data)
     assert response.status_code == 302, response.content.decode()[:3000]
-    assert channel.prices_for("gpt-4o") == (Decimal("2.5"), Decimal("10"))
+    entry = routing_table.get_table().channels[channel.pk]  # what the relay bills from
+    assert entry.rates("gpt-4o") == (Decimal("2.5"), Decimal("10"))
 
 
 def test_channel_list_shows_status_groups_and_last_error(
@@ -373,7 +377,7 @@ def test_channel_enable_and_disable_actions(admin_client):
     response = admin_client.post(url, {"action": "enable", "_selected_action": [a.pk]}, follow=True)
     assert "Enabled 1 channel(s)." in response.content.decode()
     a.refresh_from_db()
-    assert a.is_enabled and a.status_reason == ""
+    assert a.status == Channel.Status.ENABLED and a.status_reason == ""
 
 
 # --- tokens ---------------------------------------------------------------------------------
@@ -394,11 +398,17 @@ def token_form(owner, **overrides):
     return data
 
 
+def add_token(admin_client, data):
+    """Post the add form as a browser would: with the one-time value the form page carries."""
+    url = reverse("admin:tokens_token_add")
+    page = admin_client.get(url).content.decode()
+    once = re.search(r'name="form_once" value="([^"]+)"', page).group(1)
+    return admin_client.post(url, {**data, "form_once": once})
+
+
 def test_token_add_shows_the_full_key_once_and_never_again(admin_client, alice):
     make_group("pro")
-    response = admin_client.post(
-        reverse("admin:tokens_token_add"), token_form(alice, route="pro", spend_limit="5")
-    )
+    response = add_token(admin_client, token_form(alice, route="pro", spend_limit="5"))
     assert response.status_code == 200, response.content.decode()[:3000]
     html = response.content.decode()
     key = re.search(r'<p id="new-key" class="airouter-secret">(sk-\w+)</p>', html).group(1)
@@ -419,22 +429,36 @@ def test_token_add_shows_the_full_key_once_and_never_again(admin_client, alice):
         assert token.key_prefix in page or url.endswith("/admin/")
 
 
+def test_reloading_the_new_key_page_makes_no_second_token(admin_client, alice):
+    url = reverse("admin:tokens_token_add")
+    page = admin_client.get(url).content.decode()
+    data = {
+        **token_form(alice),
+        "form_once": re.search(r'name="form_once" value="([^"]+)"', page).group(1),
+    }
+    first = admin_client.post(url, data)
+    assert 'id="new-key"' in first.content.decode()
+    reload = admin_client.post(url, data, follow=True)  # the browser re-sends the form
+    html = reload.content.decode()
+    assert "no second token was made" in html and 'id="new-key"' not in html
+    assert Token.objects.count() == 1
+    assert admin_client.post(url, token_form(alice)).status_code == 302  # forged: no value
+    assert Token.objects.count() == 1
+
+
 def test_token_add_refuses_a_group_the_owner_may_not_use(admin_client, alice):
     make_group("internal", user_selectable=False)
-    response = admin_client.post(
-        reverse("admin:tokens_token_add"), token_form(alice, route="internal")
-    )
+    response = add_token(admin_client, token_form(alice, route="internal"))
     assert response.status_code == 200
     assert "may not use group" in response.content.decode()
     assert not Token.objects.exists()
 
 
 def test_token_add_with_auto_and_a_bad_cidr(admin_client, alice):
-    url = reverse("admin:tokens_token_add")
-    response = admin_client.post(url, token_form(alice, route="auto", allowed_ips="10.0.0.0/33"))
+    response = add_token(admin_client, token_form(alice, route="auto", allowed_ips="10.0.0.0/33"))
     assert "Not an IP or CIDR" in response.content.decode()
     assert not Token.objects.exists()
-    response = admin_client.post(url, token_form(alice, route="auto", allowed_ips="10.0.0.0/8"))
+    response = add_token(admin_client, token_form(alice, route="auto", allowed_ips="10.0.0.0/8"))
     assert response.status_code == 200
     assert Token.objects.get().auto is True
 
@@ -468,6 +492,18 @@ def test_token_change_page_edits_limits_and_routing(admin_client, alice):
     assert response.status_code == 302, response.content.decode()[:3000]
     token.refresh_from_db()
     assert token.group.name == "pro" and token.spend_limit == Decimal("3")
+
+
+def test_saving_a_token_keeps_the_spend_requests_added_meanwhile(admin_client, alice):
+    token, _ = make_token(alice)
+    url = reverse("admin:tokens_token_change", args=[token.pk])
+    admin_client.get(url)  # the operator opens the page...
+    Token.objects.filter(pk=token.pk).update(spent=F("spent") + Decimal("2.5"))  # ...requests
+    data = token_form(alice, route="", spend_limit="9", status="active")
+    del data["owner"]
+    assert admin_client.post(url, data).status_code == 302
+    token.refresh_from_db()
+    assert token.spent == Decimal("2.5") and token.spend_limit == Decimal("9")
 
 
 def test_token_revoke_action(admin_client, alice):
@@ -568,6 +604,8 @@ def test_top_up_action_asks_the_amount_then_adds_it(admin_client, alice, bob):
     alice.refresh_from_db()
     bob.refresh_from_db()
     assert alice.balance == bob.balance == Decimal("107.5")
+    history = LogEntry.objects.filter(object_id=str(alice.pk)).get()
+    assert history.get_change_message() == "Topped up the balance by 7.5."
 
 
 # --- usage records --------------------------------------------------------------------------

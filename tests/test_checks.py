@@ -1,11 +1,13 @@
-"""airouter.W001: `manage.py check` warns about reachable groups whose pricing is TBD."""
+"""`manage.py check` warns about what would make routing or billing wrong: reachable groups
+whose pricing is TBD (W001), channel keys that no longer decrypt (W003), free channels (W004)."""
 
 from io import StringIO
 
 import pytest
 from django.core.management import call_command
 
-from tests.factories import make_group, make_user
+from channels_app.models import Channel
+from tests.factories import make_channel, make_group, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -38,3 +40,25 @@ def test_check_is_quiet_once_pricing_is_confirmed_or_nobody_can_reach_it():
     output = check_output()
     assert "airouter.W001" not in output
     assert "System check identified no issues" in output
+
+
+def test_check_warns_for_a_channel_serving_for_free():
+    pro = make_group("pro", pricing_confirmed=True)
+    make_channel("free-one", groups=[pro])
+    make_channel("priced", groups=[pro], input_price=1, output_price=2)
+    output = check_output()
+    assert "airouter.W004" in output and "Channel 'free-one' has no price" in output
+    assert "'priced'" not in output
+
+
+def test_check_warns_for_a_channel_key_that_no_longer_decrypts(settings):
+    from cryptography.fernet import Fernet
+
+    make_channel("readable")
+    settings.CHANNEL_KEY_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+    make_channel("other-key")  # saved under the new key only
+    Channel.objects.filter(name="readable").update(input_price=1, output_price=1)
+    output = check_output()
+    assert "airouter.W003" in output
+    assert "Channel 'readable': its saved upstream key cannot be decrypted" in output
+    assert "'other-key': its saved" not in output

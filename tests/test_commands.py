@@ -93,7 +93,7 @@ def test_create_user_creates_an_api_user_then_updates_it():
     assert carol.email == "c@example.com" and not carol.has_usable_password()
 
     out, _ = run("create_user", "carol", "--balance", "30", "--group", "default")
-    assert "Updated user 'carol': group, balance." in out
+    assert "Updated user 'carol': group, balance 25 -> 30." in out
     carol.refresh_from_db()
     assert carol.group.name == "default" and carol.balance == Decimal("30")
     out, _ = run("create_user", "carol", "--balance", "30")
@@ -345,7 +345,7 @@ def test_ensure_admin_generates_a_password_once(monkeypatch):
     assert admin.is_superuser and admin.is_staff and admin.check_password(password)
 
     out, _ = run("ensure_admin")
-    assert out.strip() == "Admin 'admin' already exists."
+    assert out.strip().startswith("Admin 'admin' already exists (forgot the password?")
     admin.refresh_from_db()
     assert admin.check_password(password)
 
@@ -363,7 +363,7 @@ def test_ensure_admin_uses_the_environment(monkeypatch, client):
     assert out.strip() == "Updated admin 'root'."
     assert User.objects.get(username="root").check_password("battery-staple-2")
     out, _ = run("ensure_admin")
-    assert out.strip() == "Admin 'root' already exists."
+    assert out.strip().startswith("Admin 'root' already exists")
 
 
 def test_ensure_admin_restores_staff_rights_of_an_existing_user(monkeypatch):

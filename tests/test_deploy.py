@@ -58,3 +58,11 @@ def test_dev_defaults_are_flagged_by_check_deploy(tmp_path):
     result = run_check(env)
     assert result.returncode != 0
     assert "security.W008" in result.stderr + result.stdout  # SECURE_SSL_REDIRECT off
+
+
+def test_check_deploy_refuses_to_run_without_a_secret_key(tmp_path):
+    env = production_env(tmp_path)
+    env["SECRET_KEY"] = ""
+    result = run_check(env)
+    assert result.returncode != 0
+    assert "airouter.E002" in result.stderr + result.stdout

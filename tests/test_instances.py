@@ -84,8 +84,8 @@ def instances(tmp_path):
                 try:
                     if requests.get(f"{url}/v1/models", timeout=1).status_code == 401:
                         break
-                except requests.ConnectionError:
-                    pass
+                except requests.RequestException:
+                    pass  # not listening yet, or still importing Django
                 assert time.monotonic() < deadline, (tmp_path / "instance-0.log").read_text()
                 time.sleep(0.1)
         yield urls
@@ -110,23 +110,21 @@ def ask(url, key, max_tokens=100):
 
 
 def test_two_instances_share_one_balance(instances, fake_upstream):
-    n = 4  # the balance covers n requests; 3n arrive, spread over both instances
-    token, key, _ = routed(
-        fake_upstream, balance=str(Decimal("0.1") * n), input_price=0, output_price=1000
-    )
+    n = 4  # after one request on each instance the balance covers n more; 3n arrive
+    start = Decimal("0.1") * (n + 2)
+    token, key, _ = routed(fake_upstream, balance=str(start), input_price=0, output_price=1000)
     fake_upstream.configure(completion_tokens="max_tokens", delay=0.2)
+    assert [ask(url, key).status_code for url in instances] == [200, 200]  # both serve it
     with ThreadPoolExecutor(3 * n) as pool:
         answers = list(pool.map(lambda i: ask(instances[i % 2], key), range(3 * n)))
     codes = [a.status_code for a in answers]
     assert set(codes) <= {200, 429}
     assert 0 < codes.count(200) <= n
-    served_by = {a.url.rsplit("/v1", 1)[0] for a in answers if a.status_code == 200}
-    assert served_by == set(instances)  # both really served
     final = User.objects.get(pk=token.owner_id).balance
     assert final >= 0
     spent = UsageRecord.objects.aggregate(total=Sum("cost"))["total"]
-    assert spent == Decimal("0.1") * n - final
-    assert UsageRecord.objects.filter(status="success").count() == codes.count(200)
+    assert spent == start - final
+    assert UsageRecord.objects.filter(status="success").count() == codes.count(200) + 2
 
 
 def test_a_routing_change_reaches_every_instance_at_once(instances, fake_upstream, settings):

@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils.timezone import now
 
+from channels_app import routing_table
 from channels_app.models import Channel, ModelPrice
 from groups.models import Group
 from tests.factories import make_channel, make_group, make_token, make_user
@@ -91,8 +92,9 @@ def test_channel_maps_model_names_and_prices_per_model():
     assert channel.model_list == ["gpt-4o", "gpt-4o-mini"]
     assert channel.upstream_model("gpt-4o") == "gpt-4o-2024-08-06"
     assert channel.upstream_model("gpt-4o-mini") == "gpt-4o-mini"
-    assert channel.prices_for("gpt-4o") == (Decimal("5"), Decimal("15"))
-    assert channel.prices_for("gpt-4o-mini") == (Decimal("1"), Decimal("2"))
+    entry = routing_table.get_table().channels[channel.pk]  # what the relay bills from
+    assert entry.rates("gpt-4o") == (Decimal("5"), Decimal("15"))
+    assert entry.rates("gpt-4o-mini") == (Decimal("1"), Decimal("2"))
 
 
 def test_one_price_per_channel_and_model():

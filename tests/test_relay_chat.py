@@ -2,10 +2,12 @@
 
 from decimal import Decimal
 
+import openai
 import pytest
+import requests
 
 from billing.models import UsageRecord
-from tests.relay_setup import chat, post, routed, sdk
+from tests.relay_setup import chat, post, routed, sdk, stream_post
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -105,17 +107,7 @@ def test_stream_with_include_usage_keeps_the_usage_chunk(live_server, fake_upstr
 
 def test_raw_stream_is_sse_ending_with_done(live_server, fake_upstream):
     _, key, _ = routed(fake_upstream)
-    response = post(
-        live_server,
-        "/v1/chat/completions",
-        key,
-        json={
-            "model": "gpt-4o-mini",
-            "messages": [{"role": "user", "content": "hi"}],
-            "stream": True,
-        },
-        stream=True,
-    )
+    response = stream_post(live_server, key)
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.headers["x-airouter-channel"] == "ch-a"
     body = response.content
@@ -174,9 +166,9 @@ def test_models_lists_what_the_token_can_reach(live_server, fake_upstream, fake_
 
     assert [m.id for m in client.models.list()] == ["gpt-4o", "gpt-4o-mini"]
     assert client.models.retrieve("gpt-4o").id == "gpt-4o"
-    with pytest.raises(Exception) as excinfo:
+    with pytest.raises(openai.NotFoundError) as excinfo:
         client.models.retrieve("claude-x")
-    assert excinfo.value.status_code == 404
+    assert excinfo.value.response.json()["error"]["code"] == "model_not_found"
 
 
 def test_models_are_narrowed_by_the_token_allowlist(live_server, fake_upstream):
@@ -196,3 +188,61 @@ def test_a_crlf_stream_is_relayed_and_billed_from_its_usage(live_server, fake_up
     assert all(c.choices for c in chunks)  # the usage chunk was still taken out
     record = UsageRecord.objects.get()
     assert (record.completion_tokens, record.estimated) == (5, False)
+
+
+def test_a_stream_request_accepting_only_event_streams_is_served(live_server, fake_upstream):
+    _, key, _ = routed(fake_upstream)
+    response = stream_post(live_server, key, headers={"Accept": "text/event-stream"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.content.endswith(b"data: [DONE]\n\n")
+    listed = requests.get(
+        f"{live_server.url}/v1/models",
+        headers={"Authorization": f"Bearer {key}", "Accept": "text/html"},
+        timeout=10,
+    )
+    assert listed.status_code == 200
+    assert listed.json()["data"][0]["id"] == "gpt-4o-mini"
+
+
+def test_a_stream_is_billed_from_its_last_usage(live_server, fake_upstream):
+    """Upstreams with continuous usage stats send the running total on every chunk."""
+    _, key, _ = routed(fake_upstream)
+    fake_upstream.configure(usage_every_chunk=True, completion_tokens=40)
+    chunks = list(chat(sdk(live_server, key), stream=True))
+    assert chunks[0].usage.completion_tokens == 1  # the running totals reach the client
+    assert all(c.choices for c in chunks)  # the final usage-only chunk was not asked for
+    record = UsageRecord.objects.get()
+    assert (record.completion_tokens, record.estimated) == (40, False)
+
+    chunks = list(chat(sdk(live_server, key), stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 40
+    assert UsageRecord.objects.latest("id").completion_tokens == 40
+
+
+def test_an_upstream_answering_a_json_array_is_passed_through_and_billed(
+    live_server, fake_upstream
+):
+    _, key, _ = routed(fake_upstream)
+    fake_upstream.configure(body=b"[1, 2]")
+    response = post(
+        live_server,
+        "/v1/chat/completions",
+        key,
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert (response.status_code, response.json()) == (200, [1, 2])
+    record = UsageRecord.objects.get()
+    assert (record.status, record.estimated, record.completion_tokens) == ("success", True, 0)
+
+
+def test_a_stream_with_garbage_events_ends_cleanly_and_is_billed(live_server, fake_upstream):
+    _, key, _ = routed(fake_upstream)
+    fake_upstream.configure(usage=False, extra_events=[b"[1, 2]", b'"text"', b"not json {"])
+    response = stream_post(live_server, key)
+    assert response.status_code == 200
+    assert response.content.endswith(b"data: [DONE]\n\n")
+    assert b"not json {" in response.content  # passed on as the upstream said it
+    record = UsageRecord.objects.get()
+    assert (record.status, record.estimated) == ("success", True)
+    assert record.completion_tokens == 8  # "Hello from the fake upstream.": 29 characters

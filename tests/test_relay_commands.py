@@ -1,13 +1,16 @@
 """The ops commands of the relay: `route` and `check_channels`."""
 
+from datetime import timedelta
 from decimal import Decimal
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils.timezone import now
 
 from channels_app.models import Channel
 from tests.factories import make_channel, make_group, make_token, make_user
+from tokens.models import Token
 
 pytestmark = pytest.mark.django_db
 
@@ -71,7 +74,10 @@ def test_check_channels_probes_and_records(fake_upstream_factory):
     make_channel("bad", base_url=bad.url)
     make_channel("off", base_url=bad.url, status=Channel.Status.DISABLED)
 
-    output = run("check_channels")
+    out = StringIO()
+    with pytest.raises(CommandError, match="1 of 2 channel"):  # exit status 1 for cron
+        call_command("check_channels", stdout=out)
+    output = out.getvalue()
     assert "good: OK status=200" in output
     assert "bad: FAIL status=401" in output and "invalid key" in output
     assert "off" not in output
@@ -89,8 +95,45 @@ def test_check_channels_probes_and_records(fake_upstream_factory):
 
 def test_check_channels_one_channel_and_unreachable(db):
     make_channel("dead", base_url="http://127.0.0.1:9/v1", connect_timeout=0.5)
-    output = run("check_channels", channel="dead")
+    out = StringIO()
+    with pytest.raises(CommandError, match="1 of 1 channel"):
+        call_command("check_channels", channel="dead", stdout=out)
+    output = out.getvalue()
     assert "dead: FAIL status=-" in output and "connection failed" in output
     assert Channel.objects.get(name="dead").last_error.startswith("connection failed")
     with pytest.raises(CommandError):
         run("check_channels", channel="nope")
+
+
+def test_route_explains_a_group_closed_to_the_owner(db):
+    pro = make_group("pro", user_selectable=False)
+    make_channel("primary", groups=[pro])
+    token, _ = make_token(make_user("quin", group=pro), group_name="pro")
+    assert "primary" in run("route", token=token.key_prefix, model="gpt-4o-mini")
+
+    token.owner.group = make_group("basic")
+    token.owner.save()
+    output = run("route", token=token.key_prefix, model="gpt-4o-mini")
+    assert "No attempt" in output and "primary" not in output
+    assert "group 'pro'" in output and "no longer available" in output
+    assert "403 group_not_allowed" in output
+
+
+def test_route_explains_an_auto_token_without_groups(db):
+    make_channel("primary", groups=[make_group("pro")])
+    token, _ = make_token(make_user("rae", group=make_group("pro")), group_name="auto")
+    output = run("route", token=token.key_prefix, model="gpt-4o-mini")
+    assert "no active group with an auto priority is open to user rae" in output
+    assert "group default: skipped" in output
+    assert "(none)" not in output
+
+
+def test_route_warns_about_a_refused_token(db):
+    pro = make_group("pro")
+    make_channel("primary", groups=[pro])
+    token, _ = make_token(make_user("sol", group=pro), allowed_ips="10.0.0.0/8")
+    output = run("route", token=token.key_prefix, model="gpt-4o-mini")
+    assert "only from 10.0.0.0/8" in output
+    Token.objects.filter(pk=token.pk).update(expires_at=now() - timedelta(minutes=1))
+    output = run("route", token=token.key_prefix, model="gpt-4o-mini")
+    assert "expired" in output and "401 token_expired" in output

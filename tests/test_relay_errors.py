@@ -11,8 +11,9 @@ from django.utils.timezone import now
 
 from billing.models import UsageRecord
 from channels_app.models import Channel
-from tests.factories import make_channel, make_group, make_token
-from tests.relay_setup import chat, post, routed, sdk
+from groups.models import Group
+from tests.factories import make_channel, make_group, make_token, make_user
+from tests.relay_setup import chat, post, routed, sdk, stream_post
 from tokens.issuing import revoke
 from tokens.models import Token
 
@@ -86,6 +87,7 @@ def test_model_not_in_the_allowlist_is_403(live_server, fake_upstream):
     [
         (b"not json", None),
         (b"[1, 2]", None),
+        (b'{"a": ' * 100_000, None),  # nested deeper than Python's stack
         (b'{"messages": [{"role": "user", "content": "hi"}]}', "model"),
         (b'{"model": 5, "messages": []}', "model"),
         (b'{"model": "gpt-4o-mini"}', "messages"),
@@ -247,16 +249,7 @@ def test_wrong_method_is_405_envelope(live_server):
 def test_mid_stream_failure_ends_with_an_error_event_and_done(live_server, fake_upstream):
     _, key, _ = routed(fake_upstream)
     fake_upstream.configure(drop_after=2)
-    response = post(
-        live_server,
-        "/v1/chat/completions",
-        key,
-        json={
-            "model": "gpt-4o-mini",
-            "messages": [{"role": "user", "content": "hi"}],
-            "stream": True,
-        },
-    )
+    response = stream_post(live_server, key)
     assert response.status_code == 200
     events = [e for e in response.content.split(b"\n\n") if e]
     assert events[-1] == b"data: [DONE]"
@@ -289,24 +282,223 @@ def test_a_group_with_no_channel_at_all_is_404(live_server, fake_upstream):
     assert excinfo.value.status_code == 503
 
 
-def test_an_exception_escaping_a_view_is_a_500_envelope(rf):
-    from django.http import HttpResponse
+def test_a_request_for_n_choices_holds_n_completions(live_server, fake_upstream):
+    # A hold of 1000 completion tokens at 2/1M is 0.002: the balance covers 4, not 8.
+    _, key, _ = routed(fake_upstream, balance="0.01")
+    client = sdk(live_server, key)
+    assert chat(client, max_tokens=1000, n=4).choices
+    with pytest.raises(openai.RateLimitError) as excinfo:
+        chat(client, max_tokens=1000, n=8)
+    assert envelope_of(excinfo.value)["code"] == "insufficient_quota"
+    with pytest.raises(openai.RateLimitError):
+        client.completions.create(model="gpt-4o-mini", prompt="x", max_tokens=1000, best_of=8)
+    assert len(fake_upstream.requests) == 1
 
-    from airouter.relay.errors import RelayMiddleware, exception_handler
 
-    request = rf.post("/v1/chat/completions")
-    middleware = RelayMiddleware(lambda r: HttpResponse("<h1>Server Error</h1>", status=500))
-    response = middleware(request)
-    assert response.status_code == 500
-    assert json.loads(response.content)["error"]["type"] == "server_error"
-    assert response["x-request-id"]
+def test_n_must_be_a_positive_integer(live_server, fake_upstream):
+    _, key, _ = routed(fake_upstream)
+    with pytest.raises(openai.BadRequestError) as excinfo:
+        chat(sdk(live_server, key), n=0)
+    assert envelope_of(excinfo.value)["param"] == "n"
+    assert fake_upstream.requests == []
 
-    for response in (
-        middleware.process_exception(request, RuntimeError("boom")),
-        exception_handler(RuntimeError("boom"), {"request": request}),
-    ):
-        assert response.status_code == 500
-        assert json.loads(response.content)["error"]["code"] == "server_error"
-        assert b"boom" not in response.content
-    # Outside /v1 Django's own pages stay.
-    assert middleware.process_exception(rf.get("/admin/"), RuntimeError("boom")) is None
+
+@pytest.fixture
+def pinned(fake_upstream):
+    """A token pinned to group `pro` (selectable), whose owner's own group is `basic`."""
+    token, _, _ = routed(fake_upstream)
+    basic = make_group("basic")
+    token.owner.group = basic
+    token.owner.save()
+    _, key = make_token(token.owner, group_name="pro")
+    return token.owner, key
+
+
+def group_refusal(live_server, key) -> dict:
+    with pytest.raises(openai.PermissionDeniedError) as excinfo:
+        chat(sdk(live_server, key))
+    error = envelope_of(excinfo.value)
+    assert error["code"] == "group_not_allowed"
+    return error
+
+
+def test_a_token_pinned_to_a_group_closed_to_its_owner_is_403(live_server, fake_upstream, pinned):
+    owner, key = pinned
+    assert chat(sdk(live_server, key)).choices  # pro is open to everyone
+    make_group("pro", user_selectable=False)
+    error = group_refusal(live_server, key)
+    assert "'pro'" in error["message"] and "no longer available" in error["message"]
+    assert "Edit the token" in error["message"]
+    assert sdk(live_server, key).models.list().data == []
+
+    basic = owner.group
+    owner.group = Group.objects.get(name="pro")  # pro is their own group again
+    owner.save()
+    assert chat(sdk(live_server, key)).choices
+    owner.group = basic  # moved away: pro is closed to them once more
+    owner.save()
+    group_refusal(live_server, key)
+    assert len(fake_upstream.requests) == 2
+
+
+def test_a_token_pinned_to_an_inactive_group_is_403(live_server, fake_upstream, pinned):
+    _, key = pinned
+    make_group("pro", is_active=False)
+    error = group_refusal(live_server, key)
+    assert "'pro'" in error["message"] and "inactive" in error["message"]
+    assert "(none)" not in error["message"]
+    assert fake_upstream.requests == []
+
+
+def test_an_auto_token_without_a_usable_group_says_so(live_server, fake_upstream):
+    token, _, _ = routed(fake_upstream)  # pro has no auto priority
+    _, key = make_token(token.owner, group_name="auto")
+    with pytest.raises(openai.NotFoundError) as excinfo:
+        chat(sdk(live_server, key))
+    error = envelope_of(excinfo.value)
+    assert error["code"] == "model_not_found"
+    assert "(none)" not in error["message"]
+    assert "auto" in error["message"] and "auto priority" in error["message"]
+
+
+@pytest.fixture
+def behind_proxy(fake_upstream, settings):
+    """The relay behind a proxy on 127.0.0.1 (where the live server sees requests from)."""
+    settings.RELAY_TRUSTED_PROXIES = ["127.0.0.1", "10.0.0.0/8"]
+    token, _, _ = routed(fake_upstream)
+    _, key = make_token(token.owner, allowed_ips="203.0.113.0/24")
+    return key
+
+
+def status_from(live_server, key, forwarded_for=None) -> int:
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+    response = post(
+        live_server,
+        "/v1/chat/completions",
+        key,
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        headers=headers,
+    )
+    if response.status_code == 403:
+        assert response.json()["error"]["code"] == "ip_not_allowed"
+    return response.status_code
+
+
+def test_behind_a_trusted_proxy_the_client_ip_comes_from_x_forwarded_for(live_server, behind_proxy):
+    key = behind_proxy
+    assert status_from(live_server, key, "203.0.113.5") == 200
+    assert status_from(live_server, key, "198.51.100.1") == 403
+    assert status_from(live_server, key) == 403  # the proxy itself is not the client
+    # Walk from the right past trusted proxies; what a client wrote itself on the left is
+    # not believed.
+    assert status_from(live_server, key, "198.51.100.1, 203.0.113.5, 10.1.1.1") == 200
+    assert status_from(live_server, key, "203.0.113.5, 198.51.100.1") == 403
+    # IPv4-mapped IPv6 is the IPv4 address.
+    assert status_from(live_server, key, "::ffff:203.0.113.5") == 200
+
+
+def test_without_trusted_proxies_x_forwarded_for_is_ignored(live_server, behind_proxy, settings):
+    settings.RELAY_TRUSTED_PROXIES = []
+    assert status_from(live_server, behind_proxy, "203.0.113.5") == 403
+    Token.objects.filter(allowed_ips="203.0.113.0/24").update(allowed_ips="127.0.0.0/8")
+    assert status_from(live_server, behind_proxy, "203.0.113.5") == 200
+
+
+def test_ipv4_mapped_addresses_match_ipv4_allowlists(db):
+    token, _ = make_token(make_user("sam"))
+    token.allowed_ips = "10.0.0.0/8"
+    assert token.ip_allowed("::ffff:10.1.2.3") and token.ip_allowed("10.1.2.3")
+    assert not token.ip_allowed("::ffff:11.1.2.3")
+
+
+def test_a_malformed_ip_allowlist_refuses_cleanly(live_server, fake_upstream):
+    token, _, _ = routed(fake_upstream)
+    _, key = make_token(token.owner)
+    Token.objects.filter(key_prefix=key[:11]).update(allowed_ips="10.0.0.0/8, not-an-ip")
+    with pytest.raises(openai.PermissionDeniedError) as excinfo:
+        chat(sdk(live_server, key))
+    error = envelope_of(excinfo.value)
+    assert error["code"] == "ip_not_allowed" and "not-an-ip" in error["message"]
+    assert fake_upstream.requests == []
+
+
+def test_an_upstream_client_error_never_shows_the_channel_key(live_server, fake_upstream):
+    _, key, _ = routed(fake_upstream)
+    fake_upstream.configure(status=400, error_message="Bad request for key sk-upstream-secret")
+    with pytest.raises(openai.BadRequestError) as excinfo:
+        chat(sdk(live_server, key))
+    assert "sk-upstream-secret" not in excinfo.value.response.text
+    assert "Bad request for key [channel key]" in excinfo.value.response.text
+    assert "sk-upstream-secret" not in UsageRecord.objects.get().error
+
+
+def test_an_upstream_408_is_a_timeout_and_fails_over(live_server, fake_upstream_factory):
+    group = make_group("pro")
+    slow, good = fake_upstream_factory(), fake_upstream_factory()
+    slow.configure(status=408, error_message="request timed out")
+    make_channel("slow", groups=[group], base_url=slow.url, priority=2)
+    _, key = make_token(make_user("rex", group=group))
+    with pytest.raises(openai.InternalServerError) as excinfo:
+        chat(sdk(live_server, key))
+    assert excinfo.value.status_code == 504
+    assert "request timed out" in envelope_of(excinfo.value)["message"]
+    make_channel("good", groups=[group], base_url=good.url, priority=1)
+    assert chat(sdk(live_server, key)).choices
+    assert len(slow.requests) == 2
+
+
+def test_v1_itself_is_the_404_envelope(live_server):
+    for path in ("/v1", "/v1/"):
+        response = requests.get(f"{live_server.url}{path}", allow_redirects=False, timeout=5)
+        assert response.status_code == 404, path
+        assert response.json()["error"]["code"] == "unknown_url"
+        assert response.headers["x-request-id"]
+
+
+def test_options_answers_the_allowed_methods_without_a_key(live_server):
+    response = requests.options(f"{live_server.url}/v1/chat/completions", timeout=5)
+    assert response.status_code == 204
+    assert response.headers["allow"] == "POST, OPTIONS"
+    assert response.headers["x-request-id"]
+    response = requests.options(f"{live_server.url}/v1/models", timeout=5)
+    assert (response.status_code, response.headers["allow"]) == (204, "GET, HEAD, OPTIONS")
+
+
+def test_a_failure_inside_the_stream_ends_it_in_band(live_server, fake_upstream, monkeypatch):
+    """A bug anywhere after the first byte (here: the upstream library raising something
+    unexpected mid-stream, at the one seam tests may stub) still ends the stream properly."""
+    from channels_app import upstream
+
+    real = upstream.read_chunk
+    reads = []
+
+    def read_chunk(response, read_timeout):
+        reads.append(1)
+        if len(reads) == 2:
+            raise RuntimeError("a bug with a secret inside")
+        return real(response, read_timeout)
+
+    monkeypatch.setattr(upstream, "read_chunk", read_chunk)
+    _, key, _ = routed(fake_upstream)
+    response = stream_post(live_server, key)
+    events = [e for e in response.content.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]"
+    error = json.loads(events[-2][len(b"data: ") :])["error"]
+    assert error["code"] == "server_error" and "secret" not in error["message"]
+    record = UsageRecord.objects.get()
+    assert record.status == "stream_error" and record.estimated
+
+
+def test_an_exception_escaping_a_view_is_a_500_envelope(live_server, fake_upstream):
+    _, key, channel = routed(fake_upstream)
+    # A row written around the admin's validation: the routing table cannot be built.
+    Channel.objects.filter(pk=channel.pk).update(model_map=["not", "a", "map"])
+    from channels_app import routing_table
+
+    routing_table.invalidate()
+    with pytest.raises(openai.InternalServerError) as excinfo:
+        chat(sdk(live_server, key))
+    assert excinfo.value.status_code == 500
+    error = envelope_of(excinfo.value)
+    assert (error["type"], error["code"]) == ("server_error", "server_error")
+    assert "dictionary" not in error["message"]  # no internals

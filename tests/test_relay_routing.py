@@ -12,7 +12,7 @@ from billing.models import UsageRecord
 from channels_app import routing, routing_table
 from channels_app.models import Channel
 from tests.factories import make_channel, make_group, make_token, make_user
-from tests.relay_setup import chat, post, sdk
+from tests.relay_setup import chat, sdk, stream_post
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -95,10 +95,11 @@ def test_weights_split_live_traffic(live_server, fake_upstream_factory):
     make_channel("light", groups=[group], base_url=light.url, weight=1)
     _, key = make_token(make_user("fay", group=group))
     client = sdk(live_server, key)
-    for _ in range(40):
+    for _ in range(200):
         chat(client)
-    assert 21 <= len(heavy.requests) <= 38  # 3:1 of 40, within 3 standard deviations
-    assert len(heavy.requests) + len(light.requests) == 40
+    # Binomial(200, 3/4): P(outside 118..182) = 2.4e-7 (exact tail sum).
+    assert 118 <= len(heavy.requests) <= 182
+    assert len(heavy.requests) + len(light.requests) == 200
 
 
 @pytest.fixture
@@ -212,16 +213,7 @@ def test_no_failover_once_the_stream_started(live_server, fake_upstream_factory)
     make_channel("flaky", groups=[group], base_url=flaky.url, priority=2)
     make_channel("spare", groups=[group], base_url=spare.url, priority=1)
     _, key = make_token(make_user("lee", group=group))
-    response = post(
-        live_server,
-        "/v1/chat/completions",
-        key,
-        json={
-            "model": "gpt-4o-mini",
-            "messages": [{"role": "user", "content": "x"}],
-            "stream": True,
-        },
-    )
+    response = stream_post(live_server, key)
     assert response.headers["x-airouter-channel"] == "flaky"
     assert b"upstream_error" in response.content
     assert spare.requests == []

@@ -1,13 +1,14 @@
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
 from groups.admin import CSS, badge
 from groups.models import AUTO, Group
-from tokens import issuing
+from tokens import form_once, issuing
 from tokens.models import Token
 
 OWNER_DEFAULT = ""
@@ -68,6 +69,7 @@ class TokenForm(forms.ModelForm):
 class TokenAddForm(TokenForm):
     """Creates through tokens.issuing.create_token and keeps the key for the one-time page."""
 
+    form_once = forms.CharField(widget=forms.HiddenInput, required=False)
     new_key = None
 
     class Meta(TokenForm.Meta):
@@ -91,6 +93,18 @@ class TokenAddForm(TokenForm):
 
 
 STATUS_LEVEL = {"active": "ok", "expired": "warn", "revoked": "bad"}
+
+
+EDITABLE = (
+    "name",
+    "group",
+    "auto",
+    "status",
+    "expires_at",
+    "spend_limit",
+    "allowed_models",
+    "allowed_ips",
+)
 
 
 @admin.register(Token)
@@ -126,7 +140,10 @@ class TokenAdmin(admin.ModelAdmin):
     def get_fieldsets(self, request, obj=None):
         limits = ("expires_at", "spend_limit", "allowed_models", "allowed_ips")
         if obj is None:
-            return ((None, {"fields": ("owner", "name", "route")}), ("Limits", {"fields": limits}))
+            return (
+                (None, {"fields": ("owner", "name", "route", "form_once")}),
+                ("Limits", {"fields": limits}),
+            )
         return (
             (None, {"fields": ("prefix", "owner", "name", "route", "status")}),
             ("Limits", {"fields": limits}),
@@ -138,9 +155,31 @@ class TokenAdmin(admin.ModelAdmin):
             return ()
         return (*self.readonly_fields, "owner")
 
+    def get_changeform_initial_data(self, request):
+        return {
+            **super().get_changeform_initial_data(request),
+            "form_once": form_once.issue(request),
+        }
+
+    def add_view(self, request, form_url="", extra_context=None):
+        """A reload of the one-time key page re-sends the form: create nothing the second time."""
+        if request.method == "POST" and not form_once.is_fresh(
+            request, request.POST.get(form_once.FIELD, "")
+        ):
+            self.message_user(
+                request,
+                "That form was already submitted: no second token was made. "
+                "A key is only shown once.",
+                messages.WARNING,
+            )
+            return redirect("admin:tokens_token_changelist")
+        return super().add_view(request, form_url, extra_context)
+
     def save_model(self, request, obj, form, change):
         if change:  # a new token was already saved by create_token
-            super().save_model(request, obj, form, change)
+            # Only what the form edits: spent and last_used_at move with every request, and
+            # writing back the values read when the page opened would undo those.
+            obj.save(update_fields=EDITABLE)
 
     def response_add(self, request, obj, post_url_continue=None):
         """Show the full key on this response only: it is not stored anywhere to show later."""
@@ -157,6 +196,7 @@ class TokenAdmin(admin.ModelAdmin):
     def save_form(self, request, form, change):
         obj = super().save_form(request, form, change)
         if not change:
+            form_once.spend(request, form.cleaned_data.get("form_once", ""))
             request._airouter_new_key = form.new_key
         return obj
 

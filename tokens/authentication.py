@@ -1,13 +1,17 @@
 """DRF authentication for /v1: `Authorization: Bearer sk-...` or `x-api-key: sk-...`.
 
-One indexed query (the token with its owner) per request. The errors are the relay's envelope:
-401 invalid_api_key (the key shown masked), 401 token_expired, 403 ip_not_allowed.
+One indexed query (the token with its owner) per request; `Token.refusal()` decides. The errors
+are the relay's envelope: 401 invalid_api_key (the key shown masked), 401 token_expired,
+403 ip_not_allowed. The client IP is REMOTE_ADDR, or behind RELAY_TRUSTED_PROXIES the right-most
+X-Forwarded-For address that is not a trusted proxy.
 """
 
+import ipaddress
 from datetime import UTC
 from decimal import Decimal
-from functools import cache
+from functools import cache, lru_cache
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.utils import timezone
@@ -15,7 +19,7 @@ from django.utils.dateparse import parse_datetime
 from rest_framework.authentication import BaseAuthentication
 
 from airouter.relay.errors import RelayError
-from tokens.models import Token, hash_key, mask_key
+from tokens.models import Token, hash_key, mask_key, parse_ip
 
 CHALLENGE = "Bearer"
 
@@ -89,7 +93,7 @@ def _python_value(field, value):
     return value
 
 
-def find_token(key_hash: str) -> Token | None:
+def token_for_hash(key_hash: str) -> Token | None:
     """The token with this key hash and its owner (only the fields above loaded), or None."""
     sql, token_fields, owner_fields = _lookup()
     with connection.cursor() as cursor:
@@ -107,8 +111,35 @@ def find_token(key_hash: str) -> Token | None:
     return token
 
 
+@lru_cache(maxsize=4)
+def _networks(entries: tuple) -> tuple:
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+
+
+def _is_proxy(address: str, proxies: tuple) -> bool:
+    ip = parse_ip(address)
+    return ip is not None and any(ip in net for net in proxies)
+
+
+def _normal(address: str) -> str:
+    ip = parse_ip(address)
+    return str(ip) if ip is not None else address
+
+
 def client_ip(request) -> str:
-    return request.META.get("REMOTE_ADDR", "")
+    """Who sent the request: REMOTE_ADDR, or behind trusted proxies the first address from the
+    right of X-Forwarded-For that is not a trusted proxy (what is left of it, the client may
+    have written itself)."""
+    remote = request.META.get("REMOTE_ADDR", "")
+    proxies = _networks(tuple(settings.RELAY_TRUSTED_PROXIES))
+    if not proxies or not _is_proxy(remote, proxies):
+        return _normal(remote)
+    hops = [hop.strip() for hop in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+    hops = [hop for hop in hops if hop]
+    for hop in reversed(hops):
+        if not _is_proxy(hop, proxies):
+            return _normal(hop)
+    return _normal(hops[0] if hops else remote)  # proxies all the way: the first one
 
 
 def _unauthorized(message: str, code: str) -> RelayError:
@@ -130,21 +161,19 @@ class TokenAuthentication(BaseAuthentication):
                 "or 'x-api-key: sk-...'.",
                 "invalid_api_key",
             )
-        token = find_token(hash_key(key))
-        if token is None or token.status != Token.Status.ACTIVE or not token.owner.is_active:
+        token = token_for_hash(hash_key(key))
+        if token is None:
             raise _unauthorized(f"Incorrect API key provided: {mask_key(key)}.", "invalid_api_key")
-        if token.is_expired:
+        refusal = token.refusal(client_ip(request) if token.allowed_ips else None)
+        if refusal is None:
+            return token.owner, token
+        if refusal.code == "invalid_api_key":  # revoked looks the same as unknown
+            raise _unauthorized(f"Incorrect API key provided: {mask_key(key)}.", refusal.code)
+        if refusal.code == "token_expired":
             raise _unauthorized(
-                f"The API key {mask_key(key)} has expired. Create a new key.", "token_expired"
+                f"The API key {mask_key(key)} has expired. Create a new key.", refusal.code
             )
-        if token.allowed_ips and not token.ip_allowed(client_ip(request)):
-            raise RelayError(
-                403,
-                f"Requests from {client_ip(request)} are not allowed for this API key.",
-                code="ip_not_allowed",
-                type="invalid_request_error",
-            )
-        return token.owner, token
+        raise RelayError(refusal.status, refusal.reason, code=refusal.code)
 
     def authenticate_header(self, request):
         return CHALLENGE

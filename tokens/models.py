@@ -3,6 +3,7 @@ import ipaddress
 import secrets
 import string
 from decimal import Decimal
+from typing import NamedTuple
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -33,6 +34,25 @@ def mask_key(key: str) -> str:
 
 def generate_key() -> str:
     return KEY_PREFIX + "".join(secrets.choice(KEY_ALPHABET) for _ in range(KEY_LENGTH))
+
+
+def parse_ip(text: str):
+    """The address in text (an IPv4-mapped IPv6 address as its IPv4 one), or None."""
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if address.version == 6 and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+class Refusal(NamedTuple):
+    """Why a token may not be used: what the relay answers, and the reason in words."""
+
+    status: int
+    code: str
+    reason: str
 
 
 class TokenQuerySet(models.QuerySet):
@@ -135,11 +155,8 @@ class Token(models.Model):
         networks = self.ip_networks
         if not networks:
             return True
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(address in net for net in networks)
+        address = parse_ip(ip)
+        return address is not None and any(address in net for net in networks)
 
     def model_allowed(self, model: str) -> bool:
         allow = self.model_allowlist
@@ -148,3 +165,30 @@ class Token(models.Model):
     @property
     def is_expired(self) -> bool:
         return self.expires_at is not None and self.expires_at <= now()
+
+    def refusal(self, ip: str | None = None) -> Refusal | None:
+        """Why a request with this token is refused before routing, or None if it is not.
+
+        The relay's authentication and the `route` command both ask this. Without `ip` (the
+        command knows no client) the allowlist is only checked for being readable.
+        """
+        if self.status != self.Status.ACTIVE:
+            return Refusal(401, "invalid_api_key", "the token is revoked")
+        if not self.owner.is_active:
+            return Refusal(401, "invalid_api_key", f"user {self.owner.username} is inactive")
+        if self.is_expired:
+            return Refusal(401, "token_expired", "the token has expired")
+        if self.allowed_ips:
+            try:
+                self.ip_networks  # noqa: B018  (a row written around clean() may not parse)
+            except ValueError as exc:
+                return Refusal(
+                    403,
+                    "ip_not_allowed",
+                    f"The IP allowlist of this API key cannot be read ({exc}); fix the token.",
+                )
+            if ip is not None and not self.ip_allowed(ip):
+                return Refusal(
+                    403, "ip_not_allowed", f"Requests from {ip} are not allowed for this API key."
+                )
+        return None

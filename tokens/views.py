@@ -1,7 +1,5 @@
 """The self-service key page: list, create (the key shown once) and revoke one's own tokens."""
 
-import secrets
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -10,37 +8,17 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
 from channels_app.routing import reachable_models
+from tokens import form_once
 from tokens.forms import CreateTokenForm
 from tokens.issuing import create_token, revoke
 from tokens.models import Token
 
-# Each rendered create form carries a one-time value: a reloaded or replayed POST finds it
-# spent and creates nothing, so a reload neither shows a key nor makes a second token.
-FORM_ONCE_SESSION_KEY = "keys_form_once"
-FORM_ONCE_KEPT = 20
-
-
-def _issue_form_once(request) -> str:
-    value = secrets.token_urlsafe(16)
-    pending = request.session.get(FORM_ONCE_SESSION_KEY, [])
-    request.session[FORM_ONCE_SESSION_KEY] = [*pending, value][-FORM_ONCE_KEPT:]
-    return value
-
-
-def _spend_form_once(request, value: str) -> bool:
-    pending = request.session.get(FORM_ONCE_SESSION_KEY, [])
-    if not value or value not in pending:
-        return False
-    pending.remove(value)
-    request.session[FORM_ONCE_SESSION_KEY] = pending
-    return True
-
 
 def _keys_page(request, form):
     tokens = request.user.tokens.select_related("group").order_by("-created")
-    posted_once = request.POST.get("form_once", "")
-    if posted_once not in request.session.get(FORM_ONCE_SESSION_KEY, []):
-        posted_once = _issue_form_once(request)
+    posted_once = request.POST.get(form_once.FIELD, "")
+    if not form_once.is_fresh(request, posted_once):
+        posted_once = form_once.issue(request)
     context = {
         "form": form,
         "form_once": posted_once,
@@ -60,7 +38,7 @@ def keys(request):
     form = CreateTokenForm(request.POST, owner=request.user)
     if not form.is_valid():
         return _keys_page(request, form)
-    if not _spend_form_once(request, request.POST.get("form_once", "")):
+    if not form_once.spend(request, request.POST.get(form_once.FIELD, "")):
         messages.info(request, "That form was already submitted. A key is only shown once.")
         return redirect("keys")
 

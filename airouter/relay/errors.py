@@ -18,6 +18,10 @@ logger = logging.getLogger(__name__)
 V1_PREFIX = "/v1/"
 
 
+def is_v1(path: str) -> bool:
+    return path.startswith(V1_PREFIX) or path == "/v1"
+
+
 class RelayError(exceptions.APIException):
     """An error the client sees as the OpenAI envelope."""
 
@@ -66,6 +70,11 @@ def not_found_path(path: str) -> RelayError:
     return RelayError(404, f"Unknown API path: {path}", code="unknown_url")
 
 
+def too_large(limit: int | None = None) -> RelayError:
+    size = f"{limit} bytes" if limit is not None else "the size limit"
+    return RelayError(413, f"The request body is larger than {size}.", code="request_too_large")
+
+
 # DRF's own exceptions, mapped to what OpenAI would say.
 _DRF_CODES = {
     exceptions.MethodNotAllowed: ("invalid_request_error", "method_not_allowed"),
@@ -76,7 +85,6 @@ _DRF_CODES = {
     exceptions.AuthenticationFailed: ("invalid_request_error", "invalid_api_key"),
     exceptions.NotAuthenticated: ("invalid_request_error", "invalid_api_key"),
     exceptions.PermissionDenied: ("invalid_request_error", "permission_denied"),
-    exceptions.Throttled: ("requests", "rate_limit_exceeded"),
 }
 
 
@@ -94,8 +102,6 @@ def exception_handler(exc, context):
         headers = {}
         if getattr(exc, "auth_header", None):
             headers["WWW-Authenticate"] = exc.auth_header
-        if getattr(exc, "wait", None):
-            headers["Retry-After"] = str(int(exc.wait))
         return json_response(exc.status_code, envelope(message, type_, code), headers)
     logger.exception("Unexpected error on %s", getattr(context.get("request"), "path", "?"))
     return server_error()
@@ -117,7 +123,7 @@ class RelayMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        if not request.path_info.startswith(V1_PREFIX):
+        if not is_v1(request.path_info):
             return self.get_response(request)
         request.request_id = request_id = uuid.uuid4().hex
         response = self.get_response(request)
@@ -130,7 +136,7 @@ class RelayMiddleware:
         return response
 
     def process_exception(self, request, exception):
-        if not request.path_info.startswith(V1_PREFIX):
+        if not is_v1(request.path_info):
             return None
         logger.exception("Unexpected error on %s", request.path_info)
         return server_error()
@@ -141,9 +147,7 @@ class RelayMiddleware:
         if status == 404:
             return error_response(not_found_path(request.path_info))
         if status == 413:
-            return error_response(
-                RelayError(413, "Request body too large.", code="request_too_large")
-            )
+            return error_response(too_large())
         if status >= 500:
             return server_error()
         return json_response(status, envelope(f"HTTP {status}", "invalid_request_error"))

@@ -1,8 +1,8 @@
 """One relayed request's bookkeeping: what was held, which attempt served, and the settle.
 
 `Exchange.settle()` runs exactly once per request that got past the hold (the views call it in
-`finally`, streams in their generator's `finally`), and writes the one UsageRecord that
-replaces the hold by the cost (billing.ledger.settle).
+`finally`, streams in their generator's `finally`), and turns the request's pending
+UsageRecord into its outcome, which replaces the hold by the cost (billing.ledger.settle).
 """
 
 import json
@@ -62,10 +62,10 @@ class Exchange:
         usage: dict | None = None,
         completion_text: str = "",
         error: str = "",
-    ) -> UsageRecord | None:
-        """Write the usage record; tokens come from usage, or are estimated without it."""
+    ) -> None:
+        """Settle the pending usage record; tokens come from usage, or are estimated."""
         if self.settled:
-            return None
+            return
         self.settled = True
         attempt = self.attempt
         served = status in SERVED and attempt is not None
@@ -82,19 +82,16 @@ class Exchange:
             cost = pricing.cost(
                 prompt, completion, attempt.input_rate, attempt.output_rate, attempt.multiplier
             )
-            if self.hold is not None and cost > self.hold.amount:
+            if cost > self.hold.amount:
                 # The hold is the most this request may take from the balance.
                 error = error or f"charge capped at the hold ({self.hold.amount}; cost {cost})"
                 logger.warning("relay %s: %s", self.request_id, error)
                 cost = self.hold.amount
-        record = UsageRecord(
-            request_id=self.request_id,
-            user_id=self.token.owner_id,
-            token_id=self.token.pk,
+        latency_ms = self.elapsed_ms()
+        ledger.settle(
+            self.hold,
             group_id=attempt.group.id if attempt else None,
             channel_id=attempt.channel.id if attempt else None,
-            endpoint=self.endpoint,
-            requested_model=self.model,
             upstream_model=attempt.channel.upstream_model(self.model) if attempt else "",
             prompt_tokens=prompt,
             completion_tokens=completion,
@@ -103,15 +100,13 @@ class Exchange:
             multiplier=attempt.multiplier if attempt else 1,
             cost=cost,
             estimated=estimated,
-            stream=self.stream,
             status=status,
             status_code=status_code,
             error=error[:2000],
             attempts=self.attempts,
-            latency_ms=self.elapsed_ms(),
+            latency_ms=latency_ms,
             ttft_ms=self.ttft_ms,
         )
-        ledger.settle(self.hold, record)
         logger.info(
             "relay %s %s token=%s group=%s channel=%s model=%s status=%s code=%s "
             "tokens=%d+%d cost=%s attempts=%d %dms",
@@ -127,9 +122,8 @@ class Exchange:
             completion,
             cost,
             self.attempts,
-            record.latency_ms,
+            latency_ms,
         )
-        return record
 
 
 def _tokens(usage) -> tuple[int | None, int]:
@@ -195,9 +189,12 @@ def completion_text(data: bytes) -> str:
     """The generated text of a non-stream answer (only needed when usage is missing)."""
     try:
         parsed = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return ""
-    return "".join(_choice_text(choice) for choice in parsed.get("choices") or ())
+    choices = parsed.get("choices") if isinstance(parsed, dict) else None
+    if not isinstance(choices, list):
+        return ""  # not an answer we know (a list, a string...): no text to count
+    return "".join(_choice_text(choice) for choice in choices)
 
 
 def _choice_text(choice) -> str:

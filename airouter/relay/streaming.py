@@ -2,11 +2,13 @@
 
 The upstream's bytes go to the client as they arrive, cut only at event boundaries
 (`\\n\\n`) so an event is never split by us. Per read the work is a couple of C-level byte
-searches: the one event carrying the `usage` object is parsed (for billing) and dropped when the
-client did not ask for it; when the channel maps the model name, a bytes replace shows the
-client's name. A failure after the first byte ends the stream with an in-band
-`data: {"error": ...}` event and `data: [DONE]`; the `finally` settles the bill whatever happens,
-a client disconnect included (Django closes the generator when the response closes).
+searches: events carrying a `usage` object are parsed (for billing: the last one counts, as
+upstreams with continuous usage stats send running totals on every chunk), and a usage-only
+event is dropped when the client did not ask for it; when the channel maps the model name, a
+bytes replace shows the client's name. Any failure after the first byte (the upstream's, or a
+bug of ours) ends the stream with an in-band `data: {"error": ...}` event and `data: [DONE]`;
+the `finally` settles the bill whatever happens, a client disconnect included (Django closes
+the generator when the response closes).
 """
 
 import json
@@ -89,20 +91,27 @@ class EventStream:
     def _process(self, out: bytes) -> bytes:
         if b"\r\n" in out:  # SSE allows CRLF; the client gets LF, which it allows too
             out = out.replace(b"\r\n", b"\n")
-        if self.usage is None and b'"usage"' in out:
-            match = USAGE_OBJECT.search(out)
-            if match:
-                begin, stop = _event_bounds(out, match.start(), match.end())
-                payload = _event_json(out[begin:stop])
-                if isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
-                    self.usage = payload["usage"]
-                    if not self.client_wants_usage and not payload.get("choices"):
-                        out = out[:begin] + out[stop:]
+        if b'"usage"' in out:
+            out = self._take_usage(out)
         if self.swap and out:
             out = swap_model(out, self.swap)
         if self.usage is None and self.kept_bytes < KEEP_FOR_ESTIMATE:
             self.kept.append(out)
             self.kept_bytes += len(out)
+        return out
+
+    def _take_usage(self, out: bytes) -> bytes:
+        """Keep the last usage object of these events; drop usage-only events not asked for."""
+        at = 0
+        while match := USAGE_OBJECT.search(out, at):
+            begin, stop = _event_bounds(out, match.start(), match.end())
+            payload = _event_json(out[begin:stop])
+            at = stop
+            if isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
+                self.usage = payload["usage"]
+                if not self.client_wants_usage and not payload.get("choices"):
+                    out = out[:begin] + out[stop:]
+                    at = begin
         return out
 
     def _run(self):
@@ -144,7 +153,18 @@ class EventStream:
             status = UsageRecord.Status.STREAM_ERROR
             error = f"failed mid-stream: {exc.message}"
             health.note(channel, error)
-            yield self.error_event(error, exc.status)
+            yield self.error_event(
+                f"The upstream failed after the stream started: {error}",
+                "upstream_error",
+                exc.status,
+            )
+        except Exception as exc:
+            logger.exception("Stream %s failed", exchange.request_id)
+            status = UsageRecord.Status.STREAM_ERROR
+            error = f"relay error mid-stream: {type(exc).__name__}"
+            yield self.error_event(
+                "The server had an error while streaming your response.", "server_error", 500
+            )
         except GeneratorExit:
             status = UsageRecord.Status.CLIENT_DISCONNECTED
             error = "client disconnected"
@@ -165,12 +185,8 @@ class EventStream:
         except Exception:
             logger.exception("Could not settle stream %s", self.exchange.request_id)
 
-    def error_event(self, message: str, status: int) -> bytes:
-        body = envelope(
-            f"The upstream failed after the stream started: {message}",
-            "upstream_error",
-            "upstream_error",
-        )
+    def error_event(self, message: str, code: str, status: int) -> bytes:
+        body = envelope(message, code, code)
         body["error"]["status"] = status
         return b"data: " + json.dumps(body).encode() + b"\n\n" + DONE
 

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
@@ -23,6 +24,7 @@ from airouter.relay.errors import (
     exception_handler,
     json_response,
     not_found_path,
+    too_large,
 )
 from airouter.relay.exchange import Exchange, completion_text, prompt_bound
 from airouter.relay.streaming import EventStream, model_swap, swap_model
@@ -40,11 +42,23 @@ ENDPOINTS = {
 RETRY_AFTER_NO_CHANNEL = "30"
 
 
+class IgnoreClientContentNegotiation(BaseContentNegotiation):
+    """The relay answers JSON (or the upstream's event stream) whatever the client's Accept
+    says: `Accept: text/event-stream` on a stream request must not be a 406."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
 class RelayView(APIView):
     authentication_classes = [TokenAuthentication]
     permission_classes = []
     renderer_classes = [JSONRenderer]
     parser_classes = []
+    content_negotiation_class = IgnoreClientContentNegotiation
 
     def get_exception_handler(self):
         return exception_handler
@@ -53,7 +67,12 @@ class RelayView(APIView):
         # A wrong method is a 405 whoever asks: check it before authenticating.
         if not hasattr(self, request.method.lower()):
             raise exceptions.MethodNotAllowed(request.method)
+        if request.method == "OPTIONS":
+            return  # asking what a path allows needs no key
         super().initial(request, *args, **kwargs)
+
+    def options(self, request, *args, **kwargs):
+        return HttpResponse(status=204)  # DRF adds the Allow header to every response
 
 
 class ProxyView(RelayView):
@@ -72,7 +91,8 @@ class ModelListView(RelayView):
 class ModelDetailView(RelayView):
     def get(self, request, model):
         if model not in routing.reachable_models(request.auth):
-            raise model_not_found(request.auth, model)
+            plan = routing.plan(request.auth, model)
+            raise group_not_allowed(plan) if plan.closed else model_not_found(plan)
         return json_response(200, model_object(model))
 
 
@@ -85,16 +105,32 @@ def model_object(model: str) -> dict:
     return {"id": model, "object": "model", "created": 0, "owned_by": "airouter"}
 
 
-def model_not_found(token, model: str, groups: str | None = None) -> RelayError:
-    if groups is None:
-        groups = routing.plan(token, model).group_label
-    return RelayError(
-        404,
-        f"No channel of group '{groups}' serves model '{model}'. Review the group "
-        "assignments on the token and on the channels (or pick another model).",
-        code="model_not_found",
-        param="model",
+def no_route(plan) -> RelayError:
+    """Why a plan has no attempt, as the client is told."""
+    if plan.closed:
+        return group_not_allowed(plan)
+    if plan.unavailable:
+        return RelayError(
+            503,
+            f"Model '{plan.model}' has channels in group '{plan.group_label}', but none is "
+            "usable right now. Try again later.",
+            type="server_error",
+            code="no_available_channel",
+            headers={"Retry-After": RETRY_AFTER_NO_CHANNEL},
+        )
+    return model_not_found(plan)
+
+
+def group_not_allowed(plan) -> RelayError:
+    return RelayError(403, plan.no_group, code="group_not_allowed")
+
+
+def model_not_found(plan) -> RelayError:
+    message = plan.no_group or (
+        f"No channel of group '{plan.group_label}' serves model '{plan.model}'. Review the "
+        "group assignments on the token and on the channels (or pick another model)."
     )
+    return RelayError(404, message, code="model_not_found", param="model")
 
 
 # --- the request --------------------------------------------------------------------
@@ -102,27 +138,22 @@ def model_not_found(token, model: str, groups: str | None = None) -> RelayError:
 
 def read_body(request) -> bytes:
     limit = settings.RELAY_MAX_BODY_BYTES
-    too_large = RelayError(
-        413,
-        f"The request body is larger than {limit} bytes.",
-        code="request_too_large",
-    )
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         length = 0
     if length > limit:
-        raise too_large
+        raise too_large(limit)
     raw = request._request.read(limit + 1)
     if len(raw) > limit:
-        raise too_large
+        raise too_large(limit)
     return raw
 
 
 def parse(raw: bytes, endpoint: str) -> dict:
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack
         body = None
     if not isinstance(body, dict):
         raise bad_request(
@@ -149,16 +180,27 @@ def parse(raw: bytes, endpoint: str) -> dict:
         limit = body.get(name)
         if limit is not None and (type(limit) is not int or limit < 0):
             raise bad_request(f"Invalid '{name}': expected a non-negative integer.", name)
+    for name in ("n", "best_of"):
+        count = body.get(name)
+        if count is not None and (type(count) is not int or count < 1):
+            raise bad_request(f"Invalid '{name}': expected a positive integer.", name)
     return body
 
 
 def completion_bound(body: dict, endpoint: str) -> int:
+    """The most completion tokens the answer may hold: the per-choice limit times the choices
+    generated (`n`, or `best_of` on /v1/completions, which generates that many)."""
     if endpoint == "embeddings":
         return 0
+    per_choice = settings.RELAY_DEFAULT_MAX_TOKENS
     for name in ("max_completion_tokens", "max_tokens"):
         if body.get(name) is not None:
-            return body[name]
-    return settings.RELAY_DEFAULT_MAX_TOKENS
+            per_choice = body[name]
+            break
+    choices = body.get("n") or 1
+    if endpoint == "completions":
+        choices = max(choices, body.get("best_of") or 1)
+    return per_choice * choices
 
 
 def relay(request, endpoint: str):
@@ -177,16 +219,7 @@ def relay(request, endpoint: str):
     plan = routing.plan(token, model)
     attempts = plan.attempts[: settings.RELAY_MAX_ATTEMPTS]
     if not attempts:
-        if plan.unavailable:
-            raise RelayError(
-                503,
-                f"Model '{model}' has channels in group '{plan.group_label}', but none is "
-                "usable right now. Try again later.",
-                type="server_error",
-                code="no_available_channel",
-                headers={"Retry-After": RETRY_AFTER_NO_CHANNEL},
-            )
-        raise model_not_found(token, model, plan.group_label)
+        raise no_route(plan)
 
     # The hold: an upper bound of the prompt plus every completion token allowed, at the
     # dearest of the planned attempts.
@@ -197,7 +230,14 @@ def relay(request, endpoint: str):
         for a in attempts
     )
     try:
-        hold = ledger.reserve(token, hold_amount)
+        hold = ledger.reserve(
+            token,
+            hold_amount,
+            request_id=request.request_id,
+            endpoint=endpoint,
+            model=model,
+            stream=stream,
+        )
     except ledger.InsufficientQuota as exc:
         raise RelayError(
             429,
@@ -229,8 +269,18 @@ def upstream_body(raw: bytes, body: dict, upstream_model: str, stream: bool) -> 
 
 
 def is_channel_failure(status: int) -> bool:
-    """Answers that say the channel, not the request, is the problem: try the next one."""
+    """Answers that say the channel, not the request, is the problem: try the next one.
+
+    5xx and 429 as the issue says; 408 is the upstream timing out, a timeout like any other;
+    401 and 403 mean the upstream refused the channel's key (the client's key never goes
+    upstream), which the operator must fix and another channel may not suffer from.
+    """
     return status >= 500 or status in (401, 403, 408, 429)
+
+
+# What the client is told when a channel failure was the last attempt: a refused channel key
+# is our gateway's fault (502), an upstream 408 is a timeout (504, as when we time out).
+CLIENT_STATUS = {401: 502, 403: 502, 408: 504}
 
 
 def forward(exchange: Exchange, raw: bytes, body: dict, attempts: list, stream: bool):
@@ -278,14 +328,14 @@ def forward(exchange: Exchange, raw: bytes, body: dict, attempts: list, stream: 
             message = upstream.describe(status, data, channel.key)
             if is_channel_failure(status):
                 health.note(channel, message, latency_ms)
-                last_status, last_error = status, f"{label}: {message}"
-                if status in (401, 403):  # the channel's key was refused: not the client's fault
-                    last_status = 502
+                last_status = CLIENT_STATUS.get(status, status)
+                last_error = f"{label}: {message}"
                 continue
             # The request itself was refused: pass the upstream's answer back as it said it.
             exchange.settle(UsageRecord.Status.UPSTREAM_ERROR, status, error=message)
             if not response.headers.get("Content-Type", "").startswith("application/json"):
                 return error_response(RelayError(status, message, code="upstream_error"))
+            data = upstream.scrub(data, channel.key)
             return served(
                 HttpResponse(data, status=status, content_type="application/json"), attempt, expose
             )

@@ -1,21 +1,23 @@
-"""Settle in the same statement as the usage insert.
+"""Settle in the same statement that writes a request's outcome.
 
-After a usage record is inserted, the user's balance gets back what was held minus the cost,
-and the token's spend moves from its hold to the cost. One round trip settles a request, and
-no record can exist without its money having moved (nor the other way round).
+A request's usage record is written as `pending` when its hold is taken. When it leaves
+`pending` (settled, or abandoned by `release_holds`), the user's balance gets back what was
+held minus the cost, and the token's spend moves from its hold to the cost. No record settles
+without its money moving, nor twice; inserting or editing records otherwise moves nothing.
+ROUND keeps SQLite, which stores these columns as floating point, to the ledger's 10 places.
 """
 
 from django.db import migrations
 
 SQLITE = [
     """
-    CREATE TRIGGER billing_usagerecord_settle AFTER INSERT ON billing_usagerecord
-    FOR EACH ROW WHEN NEW.token_id IS NOT NULL OR NEW.user_id IS NOT NULL
+    CREATE TRIGGER billing_usagerecord_settle AFTER UPDATE OF status ON billing_usagerecord
+    FOR EACH ROW WHEN OLD.status = 'pending' AND NEW.status <> 'pending'
     BEGIN
-        UPDATE groups_user SET balance = balance + NEW.held - NEW.cost
+        UPDATE groups_user SET balance = ROUND(balance + NEW.held - NEW.cost, 10)
             WHERE id = NEW.user_id AND NEW.held <> NEW.cost;
         UPDATE tokens_token
-            SET spent = spent + NEW.cost - NEW.token_held, last_used_at = NEW.created
+            SET spent = ROUND(spent + NEW.cost - NEW.token_held, 10), last_used_at = NEW.created
             WHERE id = NEW.token_id;
     END
     """
@@ -38,8 +40,8 @@ POSTGRES = [
     $$ LANGUAGE plpgsql
     """,
     """
-    CREATE TRIGGER billing_usagerecord_settle AFTER INSERT ON billing_usagerecord
-    FOR EACH ROW WHEN (NEW.token_id IS NOT NULL OR NEW.user_id IS NOT NULL)
+    CREATE TRIGGER billing_usagerecord_settle AFTER UPDATE OF status ON billing_usagerecord
+    FOR EACH ROW WHEN (OLD.status = 'pending' AND NEW.status <> 'pending')
     EXECUTE FUNCTION billing_usagerecord_settle()
     """,
 ]

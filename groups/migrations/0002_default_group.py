@@ -1,11 +1,12 @@
 from django.db import migrations
 
-from groups.models import DEFAULT_GROUP_FIELDS, DEFAULT_GROUP_NAME
-
 
 def create_default_group(apps, schema_editor):
     Group = apps.get_model("groups", "Group")
-    Group.objects.get_or_create(name=DEFAULT_GROUP_NAME, defaults=DEFAULT_GROUP_FIELDS)
+    # The values of groups.models.DEFAULT_GROUP_NAME / DEFAULT_GROUP_FIELDS, frozen here.
+    Group.objects.get_or_create(
+        name="default", defaults={"description": "Every user starts here.", "auto_priority": 100}
+    )
 
 
 class Migration(migrations.Migration):

@@ -1,7 +1,7 @@
 """Probe channels with the smallest request they can answer; record status and latency.
 
 Run it after adding a channel, or from cron: each probe writes last_error, last_latency_ms and
-last_checked on the channel, which the admin shows.
+last_checked on the channel, which the admin shows. It exits non-zero when any channel fails.
 """
 
 from django.core.management.base import BaseCommand, CommandError
@@ -12,6 +12,7 @@ from channels_app.models import Channel
 
 class Command(BaseCommand):
     help = "Send a minimal chat completion to each enabled channel; print status and latency."
+    requires_system_checks = []  # like createsuperuser: `check` and `migrate` report them
 
     def add_arguments(self, parser):
         parser.add_argument("--channel", help="Probe only this channel (even if disabled).")
@@ -42,3 +43,5 @@ class Command(BaseCommand):
             f"Done! Checked {len(channels)} channel(s): {len(channels) - failing} OK, "
             f"{failing} failing."
         )
+        if failing:  # for cron and monitoring: a non-zero exit when any channel fails
+            raise CommandError(f"{failing} of {len(channels)} channel(s) failing.")

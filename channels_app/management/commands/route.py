@@ -11,7 +11,7 @@ from channels_app import routing
 from tokens.models import DISPLAY_PREFIX_LENGTH, Token
 
 
-def find_token(value: str) -> Token:
+def token_by_key_or_prefix(value: str) -> Token:
     """A full key, or the start of one (its display prefix, e.g. sk-AbCd1234)."""
     tokens = Token.objects.select_related("owner", "group")
     if len(value) > DISPLAY_PREFIX_LENGTH:
@@ -36,7 +36,7 @@ class Command(BaseCommand):
         parser.add_argument("--model", required=True, help="The model name the client asks for.")
 
     def handle(self, *args, token, model, **options):
-        token = find_token(token)
+        token = token_by_key_or_prefix(token)
         out = self.stdout
         out.write(
             f"Token {token.key_prefix}... of {token.owner.username}, routed by "
@@ -48,7 +48,10 @@ class Command(BaseCommand):
         plan = routing.plan(token, model, explain=True)
         if not plan.attempts:
             out.write(self.style.ERROR(f"No attempt: nothing can serve {model} for this token."))
-            for note in plan.notes or [f"group(s) {plan.group_label}: nothing to try."]:
+            if plan.no_group:
+                answer = "403 group_not_allowed" if plan.closed else "404 model_not_found"
+                out.write(f"  - {plan.no_group} Requests get {answer}.")
+            for note in plan.notes or ([] if plan.no_group else ["nothing to try."]):
                 out.write(f"  - {note}")
             return
 
@@ -80,14 +83,14 @@ class Command(BaseCommand):
 
 
 def token_problems(token, model: str) -> list[str]:
-    """What would stop the request before routing."""
+    """What would stop the request before routing: the relay's own checks, in its order."""
     problems = []
-    if token.status != Token.Status.ACTIVE:
-        problems.append("the token is revoked: requests get 401.")
-    if token.is_expired:
-        problems.append("the token has expired: requests get 401 token_expired.")
-    if not token.owner.is_active:
-        problems.append(f"user {token.owner.username} is inactive: requests get 401.")
+    refusal = token.refusal()
+    if refusal is not None:
+        reason = refusal.reason.rstrip(".")
+        problems.append(f"{reason}: requests get {refusal.status} {refusal.code}.")
+    elif token.allowed_ips:
+        problems.append(f"requests are accepted only from {token.allowed_ips}.")
     if not token.model_allowed(model):
         problems.append(f"{model} is not in the token's allowed models: requests get 403.")
     return problems

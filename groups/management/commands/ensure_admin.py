@@ -32,4 +32,7 @@ class Command(BaseCommand):
         elif result.updated:
             self.stdout.write(self.style.SUCCESS(f"Updated admin '{username}'."))
         else:
-            self.stdout.write(f"Admin '{username}' already exists.")
+            self.stdout.write(
+                f"Admin '{username}' already exists "
+                f"(forgot the password? manage.py changepassword {username})."
+            )
