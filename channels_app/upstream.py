@@ -14,6 +14,7 @@ it may receive the request twice.
 """
 
 import json
+import re
 import threading
 
 import urllib3
@@ -140,10 +141,17 @@ def release(response, complete: bool) -> None:
 
 
 def _reason(exc: Exception) -> str:
+    """What went wrong, without where: the message reaches API clients, and the upstream's
+    address is the operator's business (the channel name says which one it was)."""
     reason = getattr(exc, "reason", None) or exc
     text = str(reason)
     # urllib3 prefixes the connection object's repr: keep the useful tail.
-    return text.split(": ", 1)[-1] if text.startswith("<") else text
+    text = text.split(": ", 1)[-1] if text.startswith("<") else text
+    return _ADDRESS.sub("", text).strip() or type(exc).__name__
+
+
+# "HTTPConnection(host='10.0.0.5', port=8000): " and "host='...', port=N" in urllib3 messages
+_ADDRESS = re.compile(r"HTTPS?Connection(?:Pool)?\([^)]*\):\s*|\(?host='[^']*', port=\d+\)?,?\s*")
 
 
 def describe(status: int, data: bytes, key: str | None) -> str:

@@ -34,6 +34,7 @@ FakeUpstream
     `continuous_usage_stats`); the final usage chunk still has the totals.
   - `extra_events=[b"[1, 2]", b"garbage"]`: in a stream, raw `data:` payloads sent as events
     after the content events (before the finish event).
+  - `done=False`: end a stream cleanly (the HTTP body complete) but without `data: [DONE]`.
   - `body=b"[1, 2]"`: answer every non-stream request with HTTP 200 and these bytes as
     application/json (no usage).
 - Streams are chunked SSE like OpenAI's: one `data: {...}` event per content piece, a finish
@@ -69,6 +70,7 @@ DEFAULTS = {
     "usage_every_chunk": False,
     "extra_events": [],
     "body": None,
+    "done": True,
 }
 
 
@@ -322,7 +324,8 @@ class _Handler(BaseHTTPRequestHandler):
             options = body.get("stream_options") or {}
             if b["usage"] and options.get("include_usage"):
                 self._chunk(event([], usage=self._usage(body)))
-            self._chunk(b"data: [DONE]\n\n")
+            if b["done"]:
+                self._chunk(b"data: [DONE]\n\n")
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except OSError:  # the relay hung up (a stall test): nothing to do

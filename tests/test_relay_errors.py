@@ -206,7 +206,12 @@ def test_connection_failure_is_502(live_server, fake_upstream):
     with pytest.raises(openai.InternalServerError) as excinfo:
         chat(sdk(live_server, key))
     assert excinfo.value.status_code == 502
-    assert envelope_of(excinfo.value)["code"] == "upstream_error"
+    error = envelope_of(excinfo.value)
+    assert error["code"] == "upstream_error"
+    assert "connection refused" in error["message"].lower()
+    # Where the upstream lives is the operator's business, not the API client's.
+    assert "127.0.0.1" not in error["message"] and ":9" not in error["message"]
+    assert "127.0.0.1" not in Channel.objects.get().last_error  # nor stored with the host
 
 
 def test_upstream_timeout_is_504(live_server, fake_upstream):
@@ -260,6 +265,18 @@ def test_mid_stream_failure_ends_with_an_error_event_and_done(live_server, fake_
         list(chat(sdk(live_server, key), stream=True))
     record = UsageRecord.objects.filter(status="stream_error").first()
     assert record is not None and record.estimated and record.cost > 0
+
+
+def test_a_stream_the_upstream_ends_without_done_is_an_error_not_a_success(
+    live_server, fake_upstream
+):
+    _, key, _ = routed(fake_upstream)
+    fake_upstream.configure(done=False, usage=False)
+    events = [e for e in stream_post(live_server, key).content.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]"
+    assert b"ended the stream before [DONE]" in events[-2]
+    record = UsageRecord.objects.get()
+    assert record.status == "stream_error" and record.estimated and record.cost > 0
 
 
 def test_a_stalled_stream_times_out_in_band(live_server, fake_upstream):

@@ -119,7 +119,7 @@ class EventStream:
         channel = exchange.attempt.channel
         status = UsageRecord.Status.SUCCESS
         error = ""
-        complete = False
+        complete = finished = False
         pending = b""
         data = self.first
         try:
@@ -142,6 +142,7 @@ class EventStream:
                     if DONE in out:
                         # Bill before the client hears the end: once it has [DONE], the record
                         # exists.
+                        finished = True
                         self._settle(status, error)
                     if out:
                         yield out
@@ -149,6 +150,13 @@ class EventStream:
             complete = True
             if pending:
                 yield self._process(pending)
+            if not finished:  # the body ended, the stream did not: never a silent close
+                status = UsageRecord.Status.STREAM_ERROR
+                error = "the upstream ended the stream before [DONE]"
+                health.note(channel, error)
+                yield self.error_event(
+                    f"The upstream failed after the stream started: {error}", "upstream_error", 502
+                )
         except upstream.UpstreamError as exc:
             status = UsageRecord.Status.STREAM_ERROR
             error = f"failed mid-stream: {exc.message}"

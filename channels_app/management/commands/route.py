@@ -30,6 +30,7 @@ def token_by_key_or_prefix(value: str) -> Token:
 
 class Command(BaseCommand):
     help = "Print the ordered attempt plan (group, channel, rates) for a token and a model."
+    requires_system_checks = []  # like createsuperuser: `check` and `migrate` report them
 
     def add_arguments(self, parser):
         parser.add_argument("--token", required=True, help="The key, or its prefix (sk-AbCd1234).")
