@@ -123,13 +123,13 @@ def reserve(
         token_held=amount if on_token else ZERO,
     )
     try:
-        record.save(force_insert=True)
+        record_id = _insert(record)
     except BaseException:
         _update(release_user_sql, [amount, token.owner_id])
         if on_token:
             _update(release_token_sql, [amount, token.pk])
         raise
-    return Hold(record.pk, amount, on_token)
+    return Hold(record_id, amount, on_token)
 
 
 def settle(hold: Hold, **outcome) -> bool:
@@ -138,7 +138,51 @@ def settle(hold: Hold, **outcome) -> bool:
     The trigger on that UPDATE replaces the hold by `outcome["cost"]`. Only a pending record
     settles, so a late settle and `release_holds` can never both give the money back.
     """
-    return bool(UsageRecord.objects.filter(pk=hold.record_id, status=PENDING).update(**outcome))
+    names = tuple(outcome)
+    sql, fields = _settle_sql(names)
+    params = [
+        f.get_db_prep_save(outcome[n], connection) for n, f in zip(names, fields, strict=True)
+    ]
+    return bool(_update(sql, [*params, hold.record_id, PENDING]))
+
+
+# The usage record's INSERT and settling UPDATE run on every request: written once per process
+# as SQL (the ORM spends ~0.25 ms of CPU compiling each), with the ORM's own value conversion.
+
+
+@cache
+def _insert_sql() -> tuple[str, list]:
+    qn = connection.ops.quote_name
+    meta = UsageRecord._meta
+    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    columns = ", ".join(qn(f.column) for f in fields)
+    marks = ", ".join(["%s"] * len(fields))
+    sql = (
+        f"INSERT INTO {qn(meta.db_table)} ({columns}) VALUES ({marks}) "  # noqa: S608
+        f"RETURNING {qn(meta.pk.column)}"
+    )
+    return sql, fields
+
+
+def _insert(record: UsageRecord) -> int:
+    sql, fields = _insert_sql()
+    params = [f.get_db_prep_save(f.pre_save(record, True), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()[0]
+
+
+@cache
+def _settle_sql(names: tuple[str, ...]) -> tuple[str, list]:
+    qn = connection.ops.quote_name
+    meta = UsageRecord._meta
+    fields = [meta.get_field(name) for name in names]
+    assignments = ", ".join(f"{qn(f.column)} = %s" for f in fields)
+    sql = (
+        f"UPDATE {qn(meta.db_table)} SET {assignments} "  # noqa: S608
+        f"WHERE {qn(meta.pk.column)} = %s AND {qn(meta.get_field('status').column)} = %s"
+    )
+    return sql, fields
 
 
 def release_stale_holds(older_than: timedelta, dry_run: bool = False) -> int:

@@ -10,6 +10,7 @@ import json
 import time
 
 from django.conf import settings
+from django.db import connection
 from django.http import HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
@@ -249,6 +250,7 @@ def relay(request, endpoint: str):
 
     exchange = Exchange(request.request_id, token, endpoint, model, body, stream, hold)
     try:
+        release_db_connection()
         response = forward(exchange, raw, body, attempts, stream)
     except BaseException as exc:
         if not exchange.settled:
@@ -281,6 +283,14 @@ def is_channel_failure(status: int) -> bool:
 # What the client is told when a channel failure was the last attempt: a refused channel key
 # is our gateway's fault (502), an upstream 408 is a timeout (504, as when we time out).
 CLIENT_STATUS = {401: 502, 403: 502, 408: 504}
+
+
+def release_db_connection() -> None:
+    """Give a pooled database connection back while the upstream works (seconds, or minutes
+    for a stream): a thousand open streams must not hold a thousand connections. Settling
+    takes one from the pool again. Persistent connections (SQLite) stay with their thread."""
+    if connection.settings_dict["OPTIONS"].get("pool") and not connection.in_atomic_block:
+        connection.close()
 
 
 def forward(exchange: Exchange, raw: bytes, body: dict, attempts: list, stream: bool):
