@@ -102,15 +102,6 @@ def reserve(
             f"channel's rate), but this token has {money(max(limit - spent, ZERO))} of its "
             "spend limit left. Lower max_tokens, raise the limit or use another token."
         )
-    if not _update(on_user_sql, [amount, token.owner_id, amount]):
-        if on_token:
-            _update(release_token_sql, [amount, token.pk])
-        balance = get_user_model().objects.values_list("balance", flat=True).get(pk=token.owner_id)
-        raise InsufficientQuota(
-            f"This request may cost up to {money(amount)} (its prompt and max_tokens at the "
-            f"channel's rate), but the balance is {money(balance)}. Lower max_tokens or top "
-            "up the account."
-        )
     record = UsageRecord(
         request_id=request_id,
         user_id=token.owner_id,
@@ -122,13 +113,30 @@ def reserve(
         held=amount,
         token_held=amount if on_token else ZERO,
     )
+    user_hold = [amount, token.owner_id, amount]
     try:
-        record_id = _insert(record)
+        if connection.vendor == "postgresql":
+            # One statement: the balance UPDATE and the record INSERT commit together.
+            record_id = _fetch_id(_hold_and_insert_sql(), [*user_hold, *_insert_params(record)])
+        elif _update(on_user_sql, user_hold):
+            record_id = _fetch_id(_insert_sql()[0], _insert_params(record))
+        else:
+            record_id = None
     except BaseException:
-        _update(release_user_sql, [amount, token.owner_id])
+        if connection.vendor != "postgresql":
+            _update(release_user_sql, [amount, token.owner_id])
         if on_token:
             _update(release_token_sql, [amount, token.pk])
         raise
+    if record_id is None:
+        if on_token:
+            _update(release_token_sql, [amount, token.pk])
+        balance = get_user_model().objects.values_list("balance", flat=True).get(pk=token.owner_id)
+        raise InsufficientQuota(
+            f"This request may cost up to {money(amount)} (its prompt and max_tokens at the "
+            f"channel's rate), but the balance is {money(balance)}. Lower max_tokens or top "
+            "up the account."
+        )
     return Hold(record_id, amount, on_token)
 
 
@@ -164,12 +172,33 @@ def _insert_sql() -> tuple[str, list]:
     return sql, fields
 
 
-def _insert(record: UsageRecord) -> int:
-    sql, fields = _insert_sql()
-    params = [f.get_db_prep_save(f.pre_save(record, True), connection) for f in fields]
+def _insert_params(record: UsageRecord) -> list:
+    return [f.get_db_prep_save(f.pre_save(record, True), connection) for f in _insert_sql()[1]]
+
+
+def _fetch_id(sql: str, params: list) -> int | None:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.fetchone()[0]
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+@cache
+def _hold_and_insert_sql() -> str:
+    """PostgreSQL: the balance hold and the pending record's INSERT as one statement (no
+    record without its hold, nor the other way round, even if the process dies between)."""
+    qn = connection.ops.quote_name
+    meta = UsageRecord._meta
+    _, fields = _insert_sql()
+    on_user = _reserve_sql()[1]
+    user_pk = qn(get_user_model()._meta.pk.column)
+    columns = ", ".join(qn(f.column) for f in fields)
+    values = ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in fields)
+    return (
+        f"WITH held AS ({on_user} RETURNING {user_pk}) "  # noqa: S608
+        f"INSERT INTO {qn(meta.db_table)} ({columns}) SELECT {values} FROM held "
+        f"RETURNING {qn(meta.pk.column)}"
+    )
 
 
 @cache
