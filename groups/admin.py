@@ -13,7 +13,7 @@ from django.utils.html import format_html
 
 from billing.ledger import top_up
 from channels_app.models import Channel
-from groups.models import Group, User
+from groups.models import Group, User, default_group_id
 from groups.provisioning import apply_balance_edit
 from tokens.models import Token
 
@@ -66,6 +66,7 @@ class ChannelMembershipInline(admin.TabularInline):
     extra = 0
     verbose_name = "channel"
     verbose_name_plural = "channels serving this group"
+    classes = ("airouter-memberships",)  # admin.css hides the rows' "Channel_groups object"
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("channel")
@@ -174,7 +175,7 @@ class GroupAdmin(admin.ModelAdmin):
 
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
-    list_display = ("username", "email", "group", "balance", "is_staff", "is_active")
+    list_display = ("username", "email", "group", "balance_display", "is_staff", "is_active")
     list_filter = ("group", "is_staff", "is_superuser", "is_active")
     list_select_related = ("group",)
     fieldsets = (
@@ -199,6 +200,14 @@ class UserAdmin(DjangoUserAdmin):
     )
     actions = ("top_up_balance",)
     add_form_template = "admin/groups/user/add_form.html"  # breadcrumbs: User Management
+
+    @admin.display(description="balance", ordering="balance")
+    def balance_display(self, user):
+        return f"{user.balance.normalize():f}"  # 7.25, not 7.2500000000
+
+    def get_changeform_initial_data(self, request):
+        """New users start in the default group, as they do everywhere else."""
+        return {"group": default_group_id(), **super().get_changeform_initial_data(request)}
 
     def get_form(self, request, obj=None, **kwargs):
         form = super().get_form(request, obj, **kwargs)

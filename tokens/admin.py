@@ -125,7 +125,7 @@ class TokenAdmin(admin.ModelAdmin):
     list_filter = ("status", "auto", "group")
     list_select_related = ("owner__group", "group")
     search_fields = ("key_prefix", "name", "owner__username")
-    raw_id_fields = ("owner",)
+    autocomplete_fields = ("owner",)  # search users by name, not by numeric id
     readonly_fields = ("prefix", "spent", "last_used_at", "created")
     actions = ("revoke",)
 
