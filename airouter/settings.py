@@ -92,7 +92,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
             "transaction_mode": "IMMEDIATE",
-            "init_command": "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; "
+            # A thousand streams starting at once queue for the one writer: wait up to 30 s
+            # (sqlite3's own default gives up after 5 s).
+            "timeout": 30,
+            "init_command": "PRAGMA busy_timeout = 30000; PRAGMA journal_mode = WAL; "
             "PRAGMA synchronous = NORMAL;",
         }
     )
