@@ -21,6 +21,8 @@ worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", str(threa
 backlog = 4096
 # A stream holds its worker thread for its whole length: allow long ones.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "600"))
+# On a restart, streams in flight get this long to finish (and settle) before being cut.
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", str(timeout)))
 keepalive = 5
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", None)
 # No runtime control socket: one fixed path would clash between instances on one host.

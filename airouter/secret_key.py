@@ -10,12 +10,15 @@ def local_secret_key(path: Path) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
-    key = secrets.token_urlsafe(50)
+    # Written whole to a file of its own, then linked into place: of two processes starting
+    # at once, one link wins and both read a complete key.
+    draft = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    draft.write_text(secrets.token_urlsafe(50))
+    draft.chmod(0o600)
     try:
-        # O_EXCL: of two processes starting at once, one writes and both read its key.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.link(draft, path)
     except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as f:
-        f.write(key)
-    return key
+        pass
+    finally:
+        draft.unlink()
+    return path.read_text().strip()

@@ -57,7 +57,7 @@ def _update(sql: str, params: list) -> int:
 
 
 @cache
-def _reserve_sql() -> tuple[str, str, str]:
+def _reserve_sql() -> tuple[str, str, str, str]:
     """The UPDATEs of a hold and of its undoing, written once: they run on every request and
     the ORM would spend ~0.2 ms of CPU compiling each of them."""
     qn = connection.ops.quote_name
@@ -114,16 +114,17 @@ def reserve(
         token_held=amount if on_token else ZERO,
     )
     user_hold = [amount, token.owner_id, amount]
+    user_held = False  # held by a statement of its own that the record's INSERT did not join
     try:
         if connection.vendor == "postgresql":
             # One statement: the balance UPDATE and the record INSERT commit together.
             record_id = _fetch_id(_hold_and_insert_sql(), [*user_hold, *_insert_params(record)])
-        elif _update(on_user_sql, user_hold):
+        elif user_held := bool(_update(on_user_sql, user_hold)):
             record_id = _fetch_id(_insert_sql()[0], _insert_params(record))
         else:
             record_id = None
     except BaseException:
-        if connection.vendor != "postgresql":
+        if user_held:  # give back only what was really taken
             _update(release_user_sql, [amount, token.owner_id])
         if on_token:
             _update(release_token_sql, [amount, token.pk])
@@ -206,7 +207,19 @@ def _settle_sql(names: tuple[str, ...]) -> tuple[str, list]:
     qn = connection.ops.quote_name
     meta = UsageRecord._meta
     fields = [meta.get_field(name) for name in names]
-    assignments = ", ".join(f"{qn(f.column)} = %s" for f in fields)
+
+    def value(field) -> str:
+        if not field.is_relation:
+            return "%s"
+        # The group or channel that served may have been deleted while the request ran: the
+        # record keeps NULL (and its money moves) rather than failing on the foreign key.
+        related = field.related_model._meta
+        return (
+            f"(SELECT {qn(related.pk.column)} FROM {qn(related.db_table)} "  # noqa: S608
+            f"WHERE {qn(related.pk.column)} = %s)"
+        )
+
+    assignments = ", ".join(f"{qn(f.column)} = {value(f)}" for f in fields)
     sql = (
         f"UPDATE {qn(meta.db_table)} SET {assignments} "  # noqa: S608
         f"WHERE {qn(meta.pk.column)} = %s AND {qn(meta.get_field('status').column)} = %s"

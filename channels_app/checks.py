@@ -40,9 +40,9 @@ def channel_prices_set(app_configs, **kwargs):
 
     try:
         free = list(
-            Channel.objects.filter(
-                status=Channel.Status.ENABLED, input_price=0, output_price=0
-            ).exclude(groups=None)
+            Channel.objects.filter(status=Channel.Status.ENABLED, input_price=0, output_price=0)
+            .exclude(groups=None)
+            .filter(model_prices=None)  # priced per model only: not free
         )
     except DatabaseError:
         return []

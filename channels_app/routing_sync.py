@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "airouter:routing-changed"
 RECONNECT_DELAY = 1.0
+MAX_RECONNECT_DELAY = 30.0
 
 _lock = threading.Lock()
 _listener: threading.Thread | None = None
@@ -60,16 +61,23 @@ def ensure_listener(on_change) -> None:
 
 
 def _listen(url: str, on_change, ready: threading.Event) -> None:
+    delay = RECONNECT_DELAY
+    client = redis.Redis.from_url(url)
     while True:
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
-            pubsub = redis.Redis.from_url(url).pubsub(ignore_subscribe_messages=True)
             pubsub.subscribe(CHANNEL)
             pubsub.get_message(timeout=1)  # the subscribe confirmation
             on_change()  # anything published while we were not listening
             ready.set()
+            delay = RECONNECT_DELAY
             for _message in pubsub.listen():
                 on_change()
         except redis.RedisError as exc:
             ready.set()
-            log.warning("Routing sync lost Redis (%s); retrying in %ss", exc, RECONNECT_DELAY)
-            time.sleep(RECONNECT_DELAY)
+            if delay == RECONNECT_DELAY:  # say it once per outage, not every retry
+                log.warning("Routing sync lost Redis (%s); the TTL applies meanwhile", exc)
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_RECONNECT_DELAY)
+        finally:
+            pubsub.close()

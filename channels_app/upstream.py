@@ -147,9 +147,12 @@ def _reason(exc: Exception) -> str:
     text = str(reason)
     # urllib3 prefixes the connection object's repr: keep the useful tail.
     text = text.split(": ", 1)[-1] if text.startswith("<") else text
+    text = _RESOLVE.sub("could not resolve the upstream's host name", text)
     return _ADDRESS.sub("", text).strip() or type(exc).__name__
 
 
+# urllib3's "Failed to resolve 'llm.internal' ([Errno -2] ...)" names the host
+_RESOLVE = re.compile(r"Failed to resolve '[^']*'(?: \([^)]*\))?")
 # "HTTPConnection(host='10.0.0.5', port=8000): " and "host='...', port=N" in urllib3 messages
 _ADDRESS = re.compile(r"HTTPS?Connection(?:Pool)?\([^)]*\):\s*|\(?host='[^']*', port=\d+\)?,?\s*")
 

@@ -34,7 +34,9 @@ FakeUpstream
     `continuous_usage_stats`); the final usage chunk still has the totals.
   - `extra_events=[b"[1, 2]", b"garbage"]`: in a stream, raw `data:` payloads sent as events
     after the content events (before the finish event).
-  - `done=False`: end a stream cleanly (the HTTP body complete) but without `data: [DONE]`.
+  - `done=False`: end a stream cleanly (the HTTP body complete) but without `data: [DONE]`;
+    `done=b"data:[DONE]\n\n"`: end it with these bytes instead.
+  - `drop_after_done=True`: cut the connection right after `[DONE]`, before the body's end.
   - `body=b"[1, 2]"`: answer every non-stream request with HTTP 200 and these bytes as
     application/json (no usage).
 - Streams are chunked SSE like OpenAI's: one `data: {...}` event per content piece, a finish
@@ -71,6 +73,7 @@ DEFAULTS = {
     "extra_events": [],
     "body": None,
     "done": True,
+    "drop_after_done": False,
 }
 
 
@@ -325,7 +328,12 @@ class _Handler(BaseHTTPRequestHandler):
             if b["usage"] and options.get("include_usage"):
                 self._chunk(event([], usage=self._usage(body)))
             if b["done"]:
-                self._chunk(b"data: [DONE]\n\n")
+                self._chunk(b["done"] if isinstance(b["done"], bytes) else b"data: [DONE]\n\n")
+            if b["drop_after_done"]:  # no terminating chunk: the body is cut short
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
+                return
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except OSError:  # the relay hung up (a stall test): nothing to do

@@ -6,7 +6,7 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 
-from channels_app.models import Channel
+from channels_app.models import Channel, ModelPrice
 from tests.factories import make_channel, make_group, make_user
 
 pytestmark = pytest.mark.django_db
@@ -46,9 +46,11 @@ def test_check_warns_for_a_channel_serving_for_free():
     pro = make_group("pro", pricing_confirmed=True)
     make_channel("free-one", groups=[pro])
     make_channel("priced", groups=[pro], input_price=1, output_price=2)
+    per_model = make_channel("per-model", groups=[pro])
+    ModelPrice.objects.create(channel=per_model, model="gpt-4o-mini", input_price=1)
     output = check_output()
     assert "airouter.W004" in output and "Channel 'free-one' has no price" in output
-    assert "'priced'" not in output
+    assert "'priced'" not in output and "'per-model'" not in output
 
 
 def test_check_warns_for_a_channel_key_that_no_longer_decrypts(settings):

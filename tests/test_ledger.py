@@ -7,7 +7,7 @@ from django.core.management import call_command
 
 from billing import ledger
 from billing.models import UsageRecord
-from tests.factories import make_token, make_user
+from tests.factories import make_channel, make_token, make_user
 from tokens.models import Token
 
 pytestmark = pytest.mark.django_db
@@ -143,3 +143,14 @@ def test_top_up_adds_to_the_balance(alice):
     assert balance(alice) == Decimal("102.5")
     with pytest.raises(ValueError):
         ledger.top_up(alice.pk, Decimal("-1"))
+
+
+def test_a_channel_deleted_while_its_request_ran_still_settles(alice):
+    token, _ = make_token(alice)
+    hold = reserve(token, "5")
+    channel = make_channel("going-away")
+    gone = channel.pk
+    channel.delete()
+    assert ledger.settle(hold, status=OK, cost=Decimal("1"), channel_id=gone)
+    assert balance(alice) == Decimal("99")
+    assert UsageRecord.objects.get().channel_id is None

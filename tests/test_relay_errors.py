@@ -196,6 +196,19 @@ def test_every_attempt_failing_returns_the_last_upstream_status(
     assert (record.status, record.cost, record.status_code) == ("upstream_error", 0, status)
 
 
+def test_an_unresolvable_upstream_is_502_without_its_name(live_server, fake_upstream):
+    _, key, _ = routed(fake_upstream)
+    Channel.objects.update(base_url="http://llm-secret-host.invalid/v1")
+    from channels_app import routing_table
+
+    routing_table.invalidate()
+    with pytest.raises(openai.InternalServerError) as excinfo:
+        chat(sdk(live_server, key))
+    message = envelope_of(excinfo.value)["message"]
+    assert "could not resolve the upstream's host name" in message
+    assert "llm-secret-host" not in message
+
+
 def test_connection_failure_is_502(live_server, fake_upstream):
     # Port 9 on loopback: nothing listens.
     _, key, _ = routed(fake_upstream)
@@ -277,6 +290,22 @@ def test_a_stream_the_upstream_ends_without_done_is_an_error_not_a_success(
     assert b"ended the stream before [DONE]" in events[-2]
     record = UsageRecord.objects.get()
     assert record.status == "stream_error" and record.estimated and record.cost > 0
+
+
+@pytest.mark.parametrize(
+    "ending", [{"done": b"data:[DONE]\n\n"}, {"done": b"data: [DONE]"}, {"drop_after_done": True}]
+)
+def test_a_stream_that_ended_with_done_is_a_success_however_it_closes(
+    live_server, fake_upstream, ending
+):
+    _, key, channel = routed(fake_upstream)
+    fake_upstream.configure(**ending)
+    content = stream_post(live_server, key).content
+    assert b'"error"' not in content and b"[DONE]" in content
+    record = UsageRecord.objects.get()
+    assert record.status == "success" and record.error == ""
+    channel.refresh_from_db()
+    assert channel.last_error == ""
 
 
 def test_a_stalled_stream_times_out_in_band(live_server, fake_upstream):

@@ -88,25 +88,46 @@ class Exchange:
                 logger.warning("relay %s: %s", self.request_id, error)
                 cost = self.hold.amount
         latency_ms = self.elapsed_ms()
-        ledger.settle(
-            self.hold,
-            group_id=attempt.group.id if attempt else None,
-            channel_id=attempt.channel.id if attempt else None,
-            upstream_model=attempt.channel.upstream_model(self.model) if attempt else "",
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            input_rate=attempt.input_rate if attempt else 0,
-            output_rate=attempt.output_rate if attempt else 0,
-            multiplier=attempt.multiplier if attempt else 1,
-            cost=cost,
-            estimated=estimated,
-            status=status,
-            status_code=status_code,
-            error=error[:2000],
-            attempts=self.attempts,
-            latency_ms=latency_ms,
-            ttft_ms=self.ttft_ms,
-        )
+        try:
+            settled = ledger.settle(
+                self.hold,
+                group_id=attempt.group.id if attempt else None,
+                channel_id=attempt.channel.id if attempt else None,
+                upstream_model=attempt.channel.upstream_model(self.model) if attempt else "",
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                input_rate=attempt.input_rate if attempt else 0,
+                output_rate=attempt.output_rate if attempt else 0,
+                multiplier=attempt.multiplier if attempt else 1,
+                cost=cost,
+                estimated=estimated,
+                status=status,
+                status_code=status_code,
+                error=error[:2000],
+                attempts=self.attempts,
+                latency_ms=latency_ms,
+                ttft_ms=self.ttft_ms,
+            )
+        except Exception:
+            # The client already has (or is getting) its answer: failing it now would only make
+            # it retry and pay the upstream twice. The record stays pending for release_holds;
+            # this line is what billing reconciles it with.
+            logger.exception(
+                "relay %s: could not settle (record %s stays pending): status=%s cost=%s",
+                self.request_id,
+                self.hold.record_id,
+                status,
+                cost,
+            )
+            return
+        if not settled:
+            logger.error(
+                "relay %s: settled too late, release_holds had given the hold back: "
+                "status=%s cost=%s was not charged",
+                self.request_id,
+                status,
+                cost,
+            )
         logger.info(
             "relay %s %s token=%s group=%s channel=%s model=%s status=%s code=%s "
             "tokens=%d+%d cost=%s attempts=%d %dms",

@@ -26,6 +26,12 @@ USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 MAX_PENDING = 1 << 20  # an "event" this long without a boundary is passed on as it is
 KEEP_FOR_ESTIMATE = 4 << 20  # bytes kept to estimate tokens if the upstream sends no usage
 DONE = b"data: [DONE]\n\n"
+# The end of an OpenAI stream; SSE makes the space after the colon optional.
+DONE_MARKS = (b"data: [DONE]", b"data:[DONE]")
+
+
+def ends_stream(out: bytes) -> bool:
+    return b"[DONE]" in out and any(mark in out for mark in DONE_MARKS)
 
 
 def model_swap(upstream_model: str, client_model: str) -> tuple | None:
@@ -139,7 +145,7 @@ class EventStream:
                 else:
                     pending = buffer[cut:]
                     out = self._process(buffer[:cut])
-                    if DONE in out:
+                    if ends_stream(out):
                         # Bill before the client hears the end: once it has [DONE], the record
                         # exists.
                         finished = True
@@ -148,8 +154,12 @@ class EventStream:
                         yield out
                 data = upstream.read_chunk(self.response, channel.read_timeout)
             complete = True
-            if pending:
-                yield self._process(pending)
+            if pending:  # a last event without its blank line
+                out = self._process(pending)
+                if ends_stream(out) and not finished:
+                    finished = True
+                    self._settle(status, error)
+                yield out
             if not finished:  # the body ended, the stream did not: never a silent close
                 status = UsageRecord.Status.STREAM_ERROR
                 error = "the upstream ended the stream before [DONE]"
@@ -158,6 +168,8 @@ class EventStream:
                     f"The upstream failed after the stream started: {error}", "upstream_error", 502
                 )
         except upstream.UpstreamError as exc:
+            if finished:  # the answer was whole: what broke after [DONE] is not the client's
+                return
             status = UsageRecord.Status.STREAM_ERROR
             error = f"failed mid-stream: {exc.message}"
             health.note(channel, error)
@@ -202,6 +214,6 @@ class EventStream:
         text = []
         for chunk in self.kept:
             for line in chunk.split(b"\n"):
-                if line.startswith(b"data:") and not line.startswith(b"data: [DONE]"):
+                if line.startswith(b"data:") and b"[DONE]" not in line[:12]:
                     text.append(completion_text(line[5:]))
         return "".join(text)

@@ -250,7 +250,6 @@ def relay(request, endpoint: str):
 
     exchange = Exchange(request.request_id, token, endpoint, model, body, stream, hold)
     try:
-        release_db_connection()
         response = forward(exchange, raw, body, attempts, stream)
     except BaseException as exc:
         if not exchange.settled:
@@ -310,6 +309,7 @@ def forward(exchange: Exchange, raw: bytes, body: dict, attempts: list, stream: 
         label = f"channel {channel.name}" if expose else f"attempt {exchange.attempts}"
         response = None
         try:
+            release_db_connection()  # also after a health note between attempts
             response = upstream.request(
                 "POST",
                 f"{channel.base_url}/{endpoint}",
@@ -364,6 +364,7 @@ def forward(exchange: Exchange, raw: bytes, body: dict, attempts: list, stream: 
             out = StreamingHttpResponse(events, content_type="text/event-stream")
             out["Cache-Control"] = "no-cache"
             out["X-Accel-Buffering"] = "no"
+            release_db_connection()  # the health note above may have taken one
             return served(out, attempt, expose)
 
         upstream.release(response, complete=True)

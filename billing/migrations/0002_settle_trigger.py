@@ -4,7 +4,8 @@ A request's usage record is written as `pending` when its hold is taken. When it
 `pending` (settled, or abandoned by `release_holds`), the user's balance gets back what was
 held minus the cost, and the token's spend moves from its hold to the cost. No record settles
 without its money moving, nor twice; inserting or editing records otherwise moves nothing.
-ROUND keeps SQLite, which stores these columns as floating point, to the ledger's 10 places.
+ROUND keeps SQLite's floating-point columns from drifting (0.3 - 3 x 0.1 is 0, not 5.5e-17);
+they hold about 15 significant digits, so PostgreSQL (numeric) is the exact one.
 """
 
 from django.db import migrations

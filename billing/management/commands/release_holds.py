@@ -1,9 +1,10 @@
 """Give back the holds of requests that never settled.
 
 A request's hold is written as a pending usage record before anything is forwarded, and
-settled when the request ends, however it ends. Only a process that died mid-request (killed,
-out of memory, a restart that outlived the graceful timeout) leaves one pending. Run this from
-cron: it refunds holds older than --older-than minutes, which must exceed the longest request.
+settled when the request ends, however it ends. Only a request that never settled leaves one
+pending: its process died (killed, out of memory, a restart that outlived the graceful timeout)
+or the database failed as it settled (logged at ERROR with the cost). Run this from cron: it
+refunds holds older than --older-than minutes, which must exceed the longest request.
 """
 
 from datetime import timedelta
