@@ -1,6 +1,8 @@
 from django.core import checks
 from django.db import DatabaseError
 
+from airouter.db_checks import database_reachable
+
 
 @checks.register()
 def channel_keys_readable(app_configs, **kwargs):
@@ -9,6 +11,8 @@ def channel_keys_readable(app_configs, **kwargs):
     from channels_app.keystore import KeyStoreError
     from channels_app.models import Channel
 
+    if not database_reachable():
+        return []
     try:
         channels = list(Channel.objects.exclude(key_encrypted="").only("name", "key_encrypted"))
     except DatabaseError:
@@ -38,6 +42,8 @@ def channel_prices_set(app_configs, **kwargs):
     """airouter.W004: an enabled channel with no price serves requests for free."""
     from channels_app.models import Channel
 
+    if not database_reachable():
+        return []
     try:
         free = list(
             Channel.objects.filter(status=Channel.Status.ENABLED, input_price=0, output_price=0)

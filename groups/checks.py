@@ -1,12 +1,16 @@
 from django.core import checks
 from django.db import DatabaseError
 
+from airouter.db_checks import database_reachable
+
 
 @checks.register()
 def pricing_confirmed(app_configs, **kwargs):
     """airouter.W001: a group users can reach still has pricing TBD."""
     from groups.models import Group
 
+    if not database_reachable():
+        return []
     try:
         pending = list(Group.objects.reachable().filter(pricing_confirmed=False))
     except DatabaseError:
