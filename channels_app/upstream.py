@@ -110,18 +110,18 @@ def _send(method, url, key, body, connect_timeout, read_timeout):
 
 def read_all(response, read_timeout: float) -> bytes:
     """The whole body of a non-stream response."""
-    try:
-        return response.read()
-    except ReadTimeoutError as exc:
-        raise UpstreamError(f"sent nothing for {read_timeout:g}s", status=504) from exc
-    except (ProtocolError, HTTPError, OSError) as exc:
-        raise UpstreamError(f"connection dropped: {_reason(exc)}") from exc
+    return _read(response.read, None, read_timeout)
 
 
 def read_chunk(response, read_timeout: float) -> bytes:
     """Whatever bytes have arrived (at least one, or b"" at the end of the body)."""
+    return _read(response.read1, CHUNK, read_timeout)
+
+
+def _read(read, amount: int | None, read_timeout: float) -> bytes:
+    """read(amount), its errors as UpstreamErrors (a plain call: it runs once per chunk)."""
     try:
-        return response.read1(CHUNK)
+        return read(amount)
     except ReadTimeoutError as exc:
         raise UpstreamError(f"sent nothing for {read_timeout:g}s", status=504) from exc
     except (ProtocolError, HTTPError, OSError) as exc:
