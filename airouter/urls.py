@@ -6,10 +6,6 @@ from django.views.generic import RedirectView
 from airouter.relay import views as relay_views
 from billing.views import usage
 
-admin.site.site_header = "AI Router"
-admin.site.site_title = "AI Router admin"
-admin.site.index_title = "Operations"
-
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("v1", relay_views.unknown_path),  # not an APPEND_SLASH redirect: the 404 envelope

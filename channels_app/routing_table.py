@@ -94,7 +94,9 @@ def invalidate() -> None:
     _table = None
 
 
-def _changed(**kwargs) -> None:
+def changed(**kwargs) -> None:
+    """Routing data changed (a signal, or an UPDATE that sends none): drop the table here, and
+    everywhere once committed."""
     # Now, and again once the admin's transaction commits: a reload in between would have
     # read the old rows.
     invalidate()
@@ -178,8 +180,8 @@ def load(loaded_at: float = 0.0) -> Table:
 
 _SOURCES = (Group, Channel, ModelPrice)
 for _model in _SOURCES:
-    post_save.connect(_changed, sender=_model, dispatch_uid=f"routing_table_save_{_model.__name__}")
+    post_save.connect(changed, sender=_model, dispatch_uid=f"routing_table_save_{_model.__name__}")
     post_delete.connect(
-        _changed, sender=_model, dispatch_uid=f"routing_table_delete_{_model.__name__}"
+        changed, sender=_model, dispatch_uid=f"routing_table_delete_{_model.__name__}"
     )
-m2m_changed.connect(_changed, sender=Channel.groups.through, dispatch_uid="routing_table_m2m")
+m2m_changed.connect(changed, sender=Channel.groups.through, dispatch_uid="routing_table_m2m")

@@ -4,9 +4,11 @@ import random
 import time
 from collections import Counter
 from decimal import Decimal
+from io import StringIO
 
 import openai
 import pytest
+from django.core.management import call_command
 
 from billing.models import UsageRecord
 from channels_app import routing, routing_table
@@ -180,6 +182,30 @@ def test_a_refused_channel_key_fails_over_and_is_not_the_clients_401(
     assert "sk-upstream-secret" not in Channel.objects.get(name="refusing").last_error
     make_channel("good", groups=[group], base_url=good.url, priority=1)
     assert served_by(sdk(live_server, key)) == ("pro", "good")
+
+
+def test_a_channel_whose_key_is_refused_is_disabled_until_a_probe_succeeds(
+    live_server, fake_upstream_factory
+):
+    group = make_group("pro")
+    refusing, good = fake_upstream_factory(), fake_upstream_factory()
+    refusing.configure(status=401, error_message="Incorrect API key provided")
+    make_channel("refusing", groups=[group], base_url=refusing.url, priority=2)
+    make_channel("good", groups=[group], base_url=good.url, priority=1)
+    _, key = make_token(make_user("ian", group=group))
+    assert served_by(sdk(live_server, key)) == ("pro", "good")  # failed over
+    channel = Channel.objects.get(name="refusing")
+    assert channel.status == Channel.Status.AUTO_DISABLED
+    assert "refused the channel's key" in channel.status_reason and "401" in channel.status_reason
+    assert served_by(sdk(live_server, key)) == ("pro", "good")
+    assert len(refusing.requests) == 1  # not tried again while disabled
+
+    refusing.reset()  # the operator fixed the key upstream
+    out = StringIO()
+    call_command("check_channels", stdout=out)
+    assert "refusing: OK status=200" in out.getvalue() and "(enabled again)" in out.getvalue()
+    assert Channel.objects.get(name="refusing").status == Channel.Status.ENABLED
+    assert served_by(sdk(live_server, key)) == ("pro", "refusing")
 
 
 def test_attempts_are_bounded_by_the_setting(live_server, fake_upstream_factory, settings):

@@ -337,7 +337,10 @@ def forward(exchange: Exchange, raw: bytes, body: dict, attempts: list, stream: 
             upstream.release(response, complete=True)
             message = upstream.describe(status, data, channel.key)
             if is_channel_failure(status):
-                health.note(channel, message, latency_ms)
+                if status in (401, 403):  # the channel's key: every request would fail alike
+                    health.refused(channel, message)
+                else:
+                    health.note(channel, message, latency_ms)
                 last_status = CLIENT_STATUS.get(status, status)
                 last_error = f"{label}: {message}"
                 continue

@@ -23,9 +23,12 @@ class Command(BaseCommand):
             if not channels:
                 raise CommandError(f"No channel is named {channel!r}.")
         else:
-            channels = list(Channel.objects.filter(status=Channel.Status.ENABLED))
+            # Channels disabled automatically too: a good probe puts them back into routing.
+            channels = list(
+                Channel.objects.exclude(status=Channel.Status.DISABLED).order_by("name")
+            )
         if not channels:
-            self.stdout.write("Nothing to do: no enabled channel.")
+            self.stdout.write("Nothing to do: every channel is disabled by hand.")
             return
         failing = 0
         for ch in channels:
@@ -34,7 +37,9 @@ class Command(BaseCommand):
             line = (
                 f"{ch.name}: {'OK' if result.ok else 'FAIL'} status={status} {result.latency_ms} ms"
             )
-            if result.ok:
+            if result.ok and ch.status == Channel.Status.AUTO_DISABLED:
+                self.stdout.write(self.style.SUCCESS(f"{line} (enabled again)"))
+            elif result.ok:
                 self.stdout.write(self.style.SUCCESS(line))
             else:
                 failing += 1
