@@ -148,7 +148,13 @@ class GroupAdmin(admin.ModelAdmin):
         if group.pk is None:
             return "-"
         url = reverse("admin:tokens_token_changelist") + f"?group__id__exact={group.pk}"
-        return format_html('<a href="{}">All {} tokens of {}</a>', url, group.num_tokens, group)
+        return format_html(
+            '<a href="{}">All {} tokens that name {}</a> (tokens without a group route by their '
+            "owner's default group)",
+            url,
+            group.num_tokens,
+            group,
+        )
 
     @admin.display(description="pricing", ordering="pricing_confirmed")
     def pricing(self, group):
@@ -164,7 +170,7 @@ class GroupAdmin(admin.ModelAdmin):
     def num_users(self, group):
         return group.num_users
 
-    @admin.display(description="tokens", ordering="num_tokens")
+    @admin.display(description="tokens naming it", ordering="num_tokens")
     def num_tokens(self, group):
         return group.num_tokens
 

@@ -200,7 +200,7 @@ def test_group_page_lists_only_the_newest_tokens_and_links_to_all(
         html = admin_client.get(url).content.decode()
     shown = [t for t in tokens if t.key_prefix in html]
     assert len(shown) == 50
-    assert "All 53 tokens of pro" in html
+    assert "All 53 tokens that name pro" in html
     assert f"?group__id__exact={pro.pk}" in html
     data = {
         "name": "pro",
