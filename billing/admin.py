@@ -67,7 +67,9 @@ class UsageRecordAdmin(admin.ModelAdmin):
         "token_prefix",
         "group",
         "channel",
+        "endpoint",
         "prompt_tokens",
+        "cached_tokens",
         "completion_tokens",
         "cost",
         "multiplier",
@@ -83,6 +85,7 @@ class UsageRecordAdmin(admin.ModelAdmin):
         RequestedModelFilter,
         UsernameFilter,
         "status",
+        "endpoint",
         "stream",
         "estimated",
     )

@@ -20,6 +20,7 @@ from django.db.models.functions import Round
 from django.utils.timezone import now
 
 from billing.models import UsageRecord
+from billing.pricing import money
 from tokens.models import Token
 
 ZERO = Decimal("0")
@@ -37,11 +38,6 @@ class Hold:
     record_id: int  # the pending usage record that carries the hold
     amount: Decimal
     on_token: bool  # whether the token's spend limit holds it too
-
-
-def money(amount: Decimal) -> str:
-    """0.0012500000 -> '0.00125'; never scientific notation."""
-    return f"{amount.normalize():f}"
 
 
 def top_up(user_id: int, amount: Decimal) -> None:

@@ -42,8 +42,19 @@ class UsageRecord(models.Model):
     upstream_model = models.CharField(max_length=200, blank=True)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(
+        default=0, help_text="Prompt tokens read from the prompt cache (part of the prompt)."
+    )
+    cache_write_tokens = models.PositiveIntegerField(
+        default=0, help_text="Prompt tokens written to the prompt cache (part of the prompt)."
+    )
+    reasoning_tokens = models.PositiveIntegerField(
+        default=0, help_text="Completion tokens spent reasoning (part of the completion)."
+    )
     input_rate = models.DecimalField(**PRICE, default=Decimal("0"))
     output_rate = models.DecimalField(**PRICE, default=Decimal("0"))
+    cached_input_rate = models.DecimalField(**PRICE, default=Decimal("0"))
+    cache_write_rate = models.DecimalField(**PRICE, default=Decimal("0"))
     multiplier = models.DecimalField(max_digits=10, decimal_places=4, default=Decimal("1"))
     cost = models.DecimalField(**MONEY, default=Decimal("0"))
     held = models.DecimalField(

@@ -15,13 +15,22 @@ DIMENSIONS = {
     "channel": "channel__name",
     "model": "requested_model",
 }
-COLUMNS = ["key", "requests", "prompt_tokens", "completion_tokens", "cost"]
+COLUMNS = [
+    "key",
+    "requests",
+    "prompt_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "completion_tokens",
+    "cost",
+]
 
 
 def usage_totals(
     by: str = "group", since: datetime | None = None, until: datetime | None = None
 ) -> list[dict]:
-    """Requests, prompt and completion tokens and cost per `by` value, costliest first.
+    """Requests, prompt tokens (cached, cache writes), completion tokens and cost per `by`
+    value, costliest first.
 
     `since` is inclusive, `until` exclusive. Rows whose group/user/token/channel was
     deleted (or never set) are summed under key None.
@@ -36,6 +45,8 @@ def usage_totals(
         .annotate(
             requests=Count("pk"),
             prompt_tokens=Coalesce(Sum("prompt_tokens"), Value(0)),
+            cached_tokens=Coalesce(Sum("cached_tokens"), Value(0)),
+            cache_write_tokens=Coalesce(Sum("cache_write_tokens"), Value(0)),
             completion_tokens=Coalesce(Sum("completion_tokens"), Value(0)),
             cost=Sum("cost"),
         )

@@ -29,6 +29,7 @@ class ChannelForm(forms.ModelForm):
         fields = (
             "name",
             "kind",
+            "responses_api",
             "base_url",
             "groups",
             "model_names",
@@ -39,6 +40,8 @@ class ChannelForm(forms.ModelForm):
             "status_reason",
             "input_price",
             "output_price",
+            "cached_input_price",
+            "cache_write_price",
             "connect_timeout",
             "read_timeout",
         )
@@ -89,6 +92,7 @@ class ChannelAdmin(admin.ModelAdmin):
     list_display = (
         "name",
         "status_badge",
+        "kind_label",
         "group_names",
         "models",
         "priority",
@@ -98,7 +102,7 @@ class ChannelAdmin(admin.ModelAdmin):
         "last_latency_ms",
         "error",
     )
-    list_filter = ("status", "groups", LastErrorFilter)
+    list_filter = ("status", "kind", "groups", LastErrorFilter)
     search_fields = ("name", "model_names", "base_url")
     filter_horizontal = ("groups",)
     readonly_fields = (
@@ -109,10 +113,20 @@ class ChannelAdmin(admin.ModelAdmin):
         "last_checked",
     )
     fieldsets = (
-        (None, {"fields": ("name", "kind", "base_url", "key", "key_status")}),
+        (None, {"fields": ("name", "kind", "responses_api", "base_url", "key", "key_status")}),
         ("Routing", {"fields": ("groups", "model_names", "model_map", "priority", "weight")}),
         ("Status", {"fields": ("status", "status_reason")}),
-        ("Pricing (per 1M tokens)", {"fields": ("input_price", "output_price")}),
+        (
+            "Pricing (per 1M tokens)",
+            {
+                "fields": (
+                    "input_price",
+                    "output_price",
+                    "cached_input_price",
+                    "cache_write_price",
+                )
+            },
+        ),
         ("Timeouts (seconds)", {"fields": ("connect_timeout", "read_timeout")}),
         (
             "Health",
@@ -132,6 +146,11 @@ class ChannelAdmin(admin.ModelAdmin):
     def status_badge(self, channel):
         level = STATUS_LEVEL.get(channel.status, "off")
         return badge(channel.get_status_display(), level, title=channel.status_reason)
+
+    @admin.display(description="kind", ordering="kind")
+    def kind_label(self, channel):
+        label = channel.get_kind_display()
+        return f"{label} + Responses" if channel.responses_api else label
 
     @admin.display(description="groups")
     def group_names(self, channel):

@@ -9,6 +9,7 @@ from channels_app import keystore
 from groups.models import Group
 
 PRICE = {"max_digits": 20, "decimal_places": 6}
+PRICE_FIELDS = ("input_price", "output_price", "cached_input_price", "cache_write_price")
 
 
 def split_list(text: str) -> list[str]:
@@ -21,6 +22,7 @@ class Channel(models.Model):
 
     class Kind(models.TextChoices):
         OPENAI = "openai", "OpenAI-compatible"
+        ANTHROPIC = "anthropic", "Anthropic"
 
     class Status(models.TextChoices):
         ENABLED = "enabled", "Enabled"
@@ -31,6 +33,12 @@ class Channel(models.Model):
     kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.OPENAI)
     base_url = models.URLField(
         max_length=500, help_text="Up to and including /v1, e.g. https://api.openai.com/v1"
+    )
+    responses_api = models.BooleanField(
+        "serves the Responses API",
+        default=False,
+        help_text="An OpenAI-compatible upstream that serves /v1/responses itself: Responses "
+        "requests pass through instead of being converted to chat completions.",
     )
     key_encrypted = models.TextField(blank=True, editable=False)
     model_names = models.TextField(
@@ -58,6 +66,19 @@ class Channel(models.Model):
     output_price = models.DecimalField(
         **PRICE, default=Decimal("0"), help_text="Price per 1M completion tokens."
     )
+    cached_input_price = models.DecimalField(
+        **PRICE,
+        null=True,
+        blank=True,
+        help_text="Price per 1M prompt tokens read from the prompt cache (blank: the input price).",
+    )
+    cache_write_price = models.DecimalField(
+        **PRICE,
+        null=True,
+        blank=True,
+        help_text="Price per 1M prompt tokens written to the prompt cache (blank: the input "
+        "price).",
+    )
     last_error = models.TextField(blank=True)
     last_error_at = models.DateTimeField(null=True, blank=True)
     last_latency_ms = models.PositiveIntegerField(null=True, blank=True)
@@ -69,7 +90,10 @@ class Channel(models.Model):
         ordering = ["-priority", "name"]
         constraints = [
             models.CheckConstraint(
-                condition=Q(input_price__gte=0) & Q(output_price__gte=0),
+                condition=Q(input_price__gte=0)
+                & Q(output_price__gte=0)
+                & (Q(cached_input_price__isnull=True) | Q(cached_input_price__gte=0))
+                & (Q(cache_write_price__isnull=True) | Q(cache_write_price__gte=0)),
                 name="channels_app_channel_prices_not_negative",
             ),
             models.CheckConstraint(
@@ -83,10 +107,14 @@ class Channel(models.Model):
 
     def clean(self):
         errors = {}
-        if self.input_price is not None and self.input_price < 0:
-            errors["input_price"] = "Prices cannot be negative."
-        if self.output_price is not None and self.output_price < 0:
-            errors["output_price"] = "Prices cannot be negative."
+        for name in PRICE_FIELDS:
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                errors[name] = "Prices cannot be negative."
+        if self.responses_api and self.kind != self.Kind.OPENAI:
+            errors["responses_api"] = (
+                "Only an OpenAI-compatible channel can serve the Responses API."
+            )
         if not isinstance(self.model_map, dict) or not all(
             isinstance(k, str) and isinstance(v, str) and v for k, v in self.model_map.items()
         ):
@@ -114,13 +142,29 @@ class Channel(models.Model):
     def upstream_model(self, model: str) -> str:
         return self.model_map.get(model, model)
 
+    class Outcome(models.TextChoices):
+        """What one upstream attempt came to (channels_app.transports decides)."""
+
+        SUCCESS = "success", "Answered"
+        FAILURE = "failure", "Failed (the next channel is tried)"
+        KEY_REFUSED = "key_refused", "Refused the channel's key"
+        REFUSED = "refused", "Refused the request"
+
     @classmethod
     def record_result(
-        cls, channel_id: int, *, error: str = "", latency_ms: int | None = None, checked=False
-    ) -> None:
-        """Note how the channel last answered: error (empty: it worked), latency, probe time.
-
-        One UPDATE, no signals: the routing table does not need reloading for this.
+        cls,
+        channel_id: int,
+        outcome: str,
+        *,
+        error: str = "",
+        latency_ms: int | None = None,
+        checked: bool = False,
+    ) -> bool:
+        """Note how the channel last answered (error, latency, probe time) and change its
+        status where the outcome says so: an upstream that refuses the channel's key disables
+        it automatically; a probe that succeeds (`checked`) enables a channel disabled that way
+        again (one disabled by hand stays off). Returns whether the status changed: the
+        routing table must then hear of it. No signals: a plain note needs no reload.
         """
         fields = {"last_error": error[:2000]}
         if error:
@@ -129,7 +173,24 @@ class Channel(models.Model):
             fields["last_latency_ms"] = latency_ms
         if checked:
             fields["last_checked"] = now()
-        cls.objects.filter(pk=channel_id).update(**fields)
+        rows = cls.objects.filter(pk=channel_id)
+        if outcome == cls.Outcome.KEY_REFUSED:
+            reason = f"The upstream refused the channel's key: {error}"[:500]
+            changed = rows.filter(status=cls.Status.ENABLED).update(
+                status=cls.Status.AUTO_DISABLED, status_reason=reason, **fields
+            )
+            if not changed:
+                rows.update(**fields)
+            return bool(changed)
+        if outcome == cls.Outcome.SUCCESS and checked:
+            changed = rows.filter(status=cls.Status.AUTO_DISABLED).update(
+                status=cls.Status.ENABLED, status_reason="", **fields
+            )
+            if not changed:
+                rows.update(**fields)
+            return bool(changed)
+        rows.update(**fields)
+        return False
 
 
 class ModelPrice(models.Model):
@@ -139,6 +200,12 @@ class ModelPrice(models.Model):
     model = models.CharField(max_length=200)
     input_price = models.DecimalField(**PRICE, default=Decimal("0"))
     output_price = models.DecimalField(**PRICE, default=Decimal("0"))
+    cached_input_price = models.DecimalField(
+        **PRICE, null=True, blank=True, help_text="Blank: this model's input price."
+    )
+    cache_write_price = models.DecimalField(
+        **PRICE, null=True, blank=True, help_text="Blank: this model's input price."
+    )
 
     class Meta:
         constraints = [
@@ -146,7 +213,10 @@ class ModelPrice(models.Model):
                 fields=["channel", "model"], name="channels_app_modelprice_unique_model"
             ),
             models.CheckConstraint(
-                condition=Q(input_price__gte=0) & Q(output_price__gte=0),
+                condition=Q(input_price__gte=0)
+                & Q(output_price__gte=0)
+                & (Q(cached_input_price__isnull=True) | Q(cached_input_price__gte=0))
+                & (Q(cache_write_price__isnull=True) | Q(cache_write_price__gte=0)),
                 name="channels_app_modelprice_prices_not_negative",
             ),
         ]
@@ -155,5 +225,5 @@ class ModelPrice(models.Model):
         return f"{self.channel} {self.model}"
 
     def clean(self):
-        if (self.input_price or 0) < 0 or (self.output_price or 0) < 0:
+        if any((getattr(self, name) or 0) < 0 for name in PRICE_FIELDS):
             raise ValidationError("Prices cannot be negative.")

@@ -55,7 +55,11 @@ def save_channel(
     weight: int | None = None,
     input_price: Decimal | None = None,
     output_price: Decimal | None = None,
+    cached_input_price: Decimal | None = None,
+    cache_write_price: Decimal | None = None,
     model_map: dict[str, str] | None = None,
+    kind: str | None = None,
+    responses_api: bool | None = None,
 ) -> SavedChannel:
     """Create the channel (base URL, key and models required) or update the given options."""
     groups = groups_named(group_names) if group_names is not None else None
@@ -73,12 +77,16 @@ def save_channel(
             channel = Channel(name=name)
         changed = []
         values = {
+            "kind": kind,
+            "responses_api": responses_api,
             "base_url": base_url,
             "model_names": ",".join(models) if models is not None else None,
             "priority": priority,
             "weight": weight,
             "input_price": input_price,
             "output_price": output_price,
+            "cached_input_price": cached_input_price,
+            "cache_write_price": cache_write_price,
             "model_map": model_map,
         }
         for attr, value in values.items():

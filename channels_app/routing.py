@@ -4,9 +4,10 @@
   groups its owner may use that have an auto priority, in that order. The owner may use their
   own group and the selectable ones, active only; a token pinned to a group its owner has lost
   (moved to another group, or the group closed or deactivated) routes nowhere and says why.
-- Inside a group: enabled channels that list the model; highest priority tier first, weighted
-  random order inside a tier. A channel is tried at most once per request, even when it serves
-  several of the groups.
+- Inside a group: enabled channels that list the model and whose kind can serve the client's
+  endpoint (an anthropic channel serves no /v1/completions or /v1/embeddings); highest
+  priority tier first, weighted random order inside a tier. A channel is tried at most once
+  per request, even when it serves several of the groups.
 - An empty plan says why: `Plan.notes` names every group and channel left out and the reason.
 """
 
@@ -14,16 +15,17 @@ import random
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from billing.pricing import Rates
 from channels_app.models import Channel
 from channels_app.routing_table import ChannelEntry, GroupEntry, Table, get_table
+from channels_app.transports import serves
 
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
     group: GroupEntry
     channel: ChannelEntry
-    input_rate: Decimal
-    output_rate: Decimal
+    rates: Rates
     multiplier: Decimal
 
 
@@ -113,8 +115,16 @@ def _tier_order(channels: list[ChannelEntry], rng) -> list[ChannelEntry]:
     return [ch for _, _, ch in keyed]
 
 
-def plan(token, model: str, *, table: Table | None = None, rng=random, explain=False) -> Plan:
-    """The ordered attempts for this token and model.
+def plan(
+    token,
+    model: str,
+    *,
+    endpoint: str = "chat/completions",
+    table: Table | None = None,
+    rng=random,
+    explain=False,
+) -> Plan:
+    """The ordered attempts for this token, model and client endpoint.
 
     With explain=True, Plan.notes also names what was left out and why (the `route` command);
     the hot path skips building those strings.
@@ -136,6 +146,13 @@ def plan(token, model: str, *, table: Table | None = None, rng=random, explain=F
             if model not in ch.models:
                 if explain:
                     notes.append(f"group {group.name}: channel {ch.name} does not list {model}.")
+                continue
+            if not serves(ch.kind, endpoint):
+                if explain:
+                    notes.append(
+                        f"group {group.name}: channel {ch.name} is of kind {ch.kind}, which "
+                        f"cannot serve /v1/{endpoint}."
+                    )
                 continue
             if not ch.enabled or ch.key is None:
                 result.unavailable += 1
@@ -161,8 +178,7 @@ def plan(token, model: str, *, table: Table | None = None, rng=random, explain=F
             continue
         for ch in _tier_order(candidates, rng):
             seen.add(ch.id)
-            input_rate, output_rate = ch.rates(model)
-            result.attempts.append(Attempt(group, ch, input_rate, output_rate, group.multiplier))
+            result.attempts.append(Attempt(group, ch, ch.rates(model), group.multiplier))
     return result
 
 

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
+from billing.pricing import Rates
 from channels_app import routing_sync
 from channels_app.keystore import KeyStoreError
 from channels_app.models import Channel, ModelPrice
@@ -37,6 +38,8 @@ class GroupEntry:
 class ChannelEntry:
     id: int
     name: str
+    kind: str
+    responses_api: bool
     base_url: str
     key: str | None = field(repr=False)  # None: it cannot be decrypted
     models: frozenset
@@ -47,9 +50,8 @@ class ChannelEntry:
     status_reason: str
     connect_timeout: float
     read_timeout: float
-    input_price: Decimal
-    output_price: Decimal
-    prices: dict  # model -> (input, output): the per-model overrides
+    default_rates: Rates
+    prices: dict  # model -> Rates: the per-model overrides
     group_ids: frozenset
     last_error: str
 
@@ -57,8 +59,8 @@ class ChannelEntry:
     def enabled(self) -> bool:
         return self.status == Channel.Status.ENABLED
 
-    def rates(self, model: str) -> tuple[Decimal, Decimal]:
-        return self.prices.get(model) or (self.input_price, self.output_price)
+    def rates(self, model: str) -> Rates:
+        return self.prices.get(model) or self.default_rates
 
     def upstream_model(self, model: str) -> str:
         return self.model_map.get(model, model)
@@ -136,9 +138,8 @@ def load(loaded_at: float = 0.0) -> Table:
         group_ids.setdefault(channel_id, set()).add(group_id)
     prices: dict[int, dict] = {}
     for price in ModelPrice.objects.all():
-        prices.setdefault(price.channel_id, {})[price.model] = (
-            price.input_price,
-            price.output_price,
+        prices.setdefault(price.channel_id, {})[price.model] = Rates.of(
+            price.input_price, price.output_price, price.cached_input_price, price.cache_write_price
         )
     channels = {}
     channels_by_group: dict[int, list] = {gid: [] for gid in groups}
@@ -150,6 +151,8 @@ def load(loaded_at: float = 0.0) -> Table:
         entry = ChannelEntry(
             id=ch.id,
             name=ch.name,
+            kind=ch.kind,
+            responses_api=ch.responses_api,
             base_url=ch.base_url.rstrip("/"),
             key=key,
             models=frozenset(ch.model_list),
@@ -160,8 +163,9 @@ def load(loaded_at: float = 0.0) -> Table:
             status_reason=ch.status_reason,
             connect_timeout=ch.connect_timeout,
             read_timeout=ch.read_timeout,
-            input_price=ch.input_price,
-            output_price=ch.output_price,
+            default_rates=Rates.of(
+                ch.input_price, ch.output_price, ch.cached_input_price, ch.cache_write_price
+            ),
             prices=prices.get(ch.id, {}),
             group_ids=frozenset(group_ids.get(ch.id, ())),
             last_error=ch.last_error,

@@ -51,39 +51,35 @@ def pool() -> urllib3.PoolManager:
     return _pool
 
 
-def _headers(key: str | None, extra: dict | None = None) -> dict:
-    headers = {
-        "Content-Type": "application/json",
-        "Accept-Encoding": "identity",  # bytes pass through untouched
-        "User-Agent": "airouter",
-    }
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    if extra:
-        headers.update(extra)
-    return headers
+BASE_HEADERS = {
+    "Content-Type": "application/json",
+    "Accept-Encoding": "identity",  # bytes pass through untouched
+    "User-Agent": "airouter",
+}
 
 
 def request(
     method: str,
     url: str,
     *,
-    key: str | None,
+    headers: dict,
     body: bytes | None = None,
     connect_timeout: float,
     read_timeout: float,
 ):
-    """Send one request; return the urllib3 response with its body not read yet.
+    """Send one request with `headers` (the channel's transport built them, its key included)
+    added to BASE_HEADERS; return the urllib3 response with its body not read yet.
 
-    The caller reads it (`.data`, or `read_chunk()` for streams) and must call `release()`.
+    The caller reads it (`read_all()`, or `read_chunk()` for streams) and must call `release()`.
     """
+    headers = {**BASE_HEADERS, **headers}
     try:
         try:
-            return _send(method, url, key, body, connect_timeout, read_timeout)
+            return _send(method, url, headers, body, connect_timeout, read_timeout)
         except ProtocolError:
             # A kept-alive connection the upstream had closed meanwhile: it answered nothing,
             # so send once more on a fresh connection.
-            return _send(method, url, key, body, connect_timeout, read_timeout)
+            return _send(method, url, headers, body, connect_timeout, read_timeout)
     except NewConnectionError as exc:  # (a subclass of ConnectTimeoutError: test it first)
         raise UpstreamError(f"connection failed: {_reason(exc)}") from exc
     except ConnectTimeoutError as exc:
@@ -94,12 +90,12 @@ def request(
         raise UpstreamError(f"connection error: {_reason(exc)}") from exc
 
 
-def _send(method, url, key, body, connect_timeout, read_timeout):
+def _send(method, url, headers, body, connect_timeout, read_timeout):
     return pool().request(
         method,
         url,
         body=body,
-        headers=_headers(key),
+        headers=headers,
         timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
         retries=False,
         redirect=False,

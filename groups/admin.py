@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from billing.ledger import top_up
+from billing.pricing import money
 from channels_app.models import Channel
 from groups.models import Group, User, default_group_id
 from groups.provisioning import apply_balance_edit
@@ -209,7 +210,7 @@ class UserAdmin(DjangoUserAdmin):
 
     @admin.display(description="balance", ordering="balance")
     def balance_display(self, user):
-        return f"{user.balance.normalize():f}"  # 7.25, not 7.2500000000
+        return money(user.balance)  # 7.25, not 7.2500000000
 
     def get_changeform_initial_data(self, request):
         """New users start in the default group, as they do everywhere else."""

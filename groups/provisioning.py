@@ -13,6 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F
 
+from billing.pricing import money
 from groups.models import Group, User
 
 
@@ -101,7 +102,7 @@ def save_user(
             user.save(update_fields=[f if f != "group" else "group_id" for f in changed])
         if balance is not None and user.balance != balance:
             User.objects.filter(pk=user.pk).update(balance=balance)
-            changed.append(f"balance {user.balance.normalize():f} -> {balance.normalize():f}")
+            changed.append(f"balance {money(user.balance)} -> {money(balance)}")
             user.balance = balance
     return Saved(user, False, changed)
 

@@ -340,7 +340,7 @@ def test_channel_per_model_price_inline(admin_client):
     response = admin_client.post(url, data)
     assert response.status_code == 302, response.content.decode()[:3000]
     entry = routing_table.get_table().channels[channel.pk]  # what the relay bills from
-    assert entry.rates("gpt-4o") == (Decimal("2.5"), Decimal("10"))
+    assert _pair(entry.rates("gpt-4o")) == (Decimal("2.5"), Decimal("10"))
 
 
 def test_channel_list_shows_status_groups_and_last_error(
@@ -674,3 +674,7 @@ def test_usage_list_never_counts_the_whole_table(
         counts = [q["sql"] for q in queries if "COUNT(" in q["sql"].upper()]
         assert len(counts) == 1, counts  # the paginator's, over a bounded number of rows
         assert "LIMIT" in counts[0].upper(), counts[0]
+
+
+def _pair(rates):
+    return rates.input, rates.output

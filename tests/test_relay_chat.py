@@ -220,7 +220,7 @@ def test_a_stream_is_billed_from_its_last_usage(live_server, fake_upstream):
     assert UsageRecord.objects.latest("id").completion_tokens == 40
 
 
-def test_an_upstream_answering_a_json_array_is_passed_through_and_billed(
+def test_an_upstream_answering_a_json_array_is_a_channel_failure_not_a_billed_success(
     live_server, fake_upstream
 ):
     _, key, _ = routed(fake_upstream)
@@ -231,9 +231,10 @@ def test_an_upstream_answering_a_json_array_is_passed_through_and_billed(
         key,
         json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
     )
-    assert (response.status_code, response.json()) == (200, [1, 2])
+    assert response.status_code == 502
+    assert "not a valid answer" in response.json()["error"]["message"]
     record = UsageRecord.objects.get()
-    assert (record.status, record.estimated, record.completion_tokens) == ("success", True, 0)
+    assert (record.status, record.cost) == ("upstream_error", 0)
 
 
 def test_a_stream_with_garbage_events_ends_cleanly_and_is_billed(live_server, fake_upstream):

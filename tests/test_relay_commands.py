@@ -33,8 +33,14 @@ def test_route_prints_the_plan_in_order(fake_upstream):
     first = next(i for i, line in enumerate(lines) if "primary" in line)
     second = next(i for i, line in enumerate(lines) if "backup" in line)
     assert first < second
-    assert lines[first].split() == ["1", "pro", "primary", "10", "2", "0.15", "0", "1.5"]
-    assert lines[second].split() == ["2", "pro", "backup", "1", "1", "0", "0.6", "1.5"]
+    assert lines[first].split() == [
+        *("1", "pro", "primary", "openai", "10", "2"),
+        *("0.15", "0.15", "0.15", "0", "1.5"),  # input, cached, cache write, output, x
+    ]
+    assert lines[second].split() == [
+        *("2", "pro", "backup", "openai", "1", "1"),
+        *("0", "0", "0", "0.6", "1.5"),
+    ]
     assert fake_upstream.requests == []  # nothing was sent
     assert "primary" in run("route", token=key, model="gpt-4o-mini")  # the full key works too
 

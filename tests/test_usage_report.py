@@ -40,6 +40,8 @@ def usage(alice):
             channel=channel,
             requested_model=model,
             prompt_tokens=prompt,
+            cached_tokens=prompt // 10 if model == "gpt-4o" else 0,  # 10 and 20
+            cache_write_tokens=4 if i == 0 else 0,
             completion_tokens=completion,
             cost=Decimal(cost),
             created=datetime(2026, 11, day, 12, tzinfo=UTC),
@@ -72,6 +74,8 @@ def test_json_by_model(usage):
             "model": "gpt-4o",
             "requests": 2,
             "prompt_tokens": 300,
+            "cached_tokens": 30,
+            "cache_write_tokens": 4,
             "completion_tokens": 60,
             "cost": "0.5",
         },
@@ -79,6 +83,8 @@ def test_json_by_model(usage):
             "model": "gpt-4o-mini",
             "requests": 2,
             "prompt_tokens": 1010,
+            "cached_tokens": 0,
+            "cache_write_tokens": 0,
             "completion_tokens": 505,
             "cost": "0.06",
         },
@@ -103,8 +109,11 @@ def test_csv_by_user_within_dates(usage):
         )
     )
     assert rows == [
-        ["user", "requests", "prompt_tokens", "completion_tokens", "cost"],
-        ["alice", "1", "200", "10", "0.2"],
+        [
+            *("user", "requests", "prompt_tokens", "cached_tokens", "cache_write_tokens"),
+            *("completion_tokens", "cost"),
+        ],
+        ["alice", "1", "200", "20", "0", "10", "0.2"],
     ]
 
 
@@ -119,16 +128,11 @@ def test_table_by_token_has_a_total_line(usage):
     out = report("--by", "token")
     lines = out.splitlines()
     assert lines[0].split() == [
-        "token",
-        "requests",
-        "prompt",
-        "tokens",
-        "completion",
-        "tokens",
-        "cost",
+        *("token", "requests", "prompt", "tokens", "cached", "tokens", "cache", "write"),
+        *("tokens", "completion", "tokens", "cost"),
     ]
     assert lines[1].split()[:2] == [usage["alice_token"].key_prefix, "3"]
-    assert lines[-1].split() == ["total", "4", "1310", "565", "0.56"]
+    assert lines[-1].split() == ["total", "4", "1310", "30", "4", "565", "0.56"]
 
 
 def test_deleted_channels_are_summed_under_none(usage):

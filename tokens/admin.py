@@ -6,6 +6,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
+from billing.pricing import money
 from groups.admin import CSS, badge
 from groups.models import AUTO, Group
 from tokens import form_once, issuing
@@ -210,8 +211,8 @@ class TokenAdmin(admin.ModelAdmin):
 
     @admin.display(description="spent / limit", ordering="spent")
     def spend(self, token):
-        limit = "no limit" if token.spend_limit is None else f"{token.spend_limit.normalize():f}"
-        return f"{token.spent.normalize():f} / {limit}"
+        limit = "no limit" if token.spend_limit is None else money(token.spend_limit)
+        return f"{money(token.spent)} / {limit}"
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, token):

@@ -1,9 +1,12 @@
-"""The OpenAI error envelope: `{"error": {"message", "type", "param", "code"}}` on every /v1 path.
+"""The error envelopes: OpenAI's `{"error": {"message", "type", "param", "code"}}` on every /v1
+path, Anthropic's `{"type": "error", "error": {"type", "message"}}` on /v1/messages.
 
 `RelayError` is the one exception family of the relay: it carries the status, type, code, param
 and extra headers (Retry-After, x-should-retry). `exception_handler` renders it, DRF's own
 exceptions and anything unexpected as the envelope; `RelayMiddleware` gives every /v1 response
-an `x-request-id` and turns errors outside DRF (an exception in a view) into the envelope too.
+an `x-request-id` and turns errors outside DRF (an exception in a view) into the envelope too;
+on /v1/messages it rewrites every error into Anthropic's envelope (and adds `request-id`), so
+the relay raises one kind of error whatever the client speaks.
 """
 
 import json
@@ -20,6 +23,61 @@ V1_PREFIX = "/v1/"
 
 def is_v1(path: str) -> bool:
     return path.startswith(V1_PREFIX) or path == "/v1"
+
+
+def is_anthropic(path: str) -> bool:
+    return path.startswith("/v1/messages")
+
+
+# Anthropic's error type for each status (what its SDK and Claude Code expect).
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_type(status: int) -> str:
+    if status in ANTHROPIC_TYPES:
+        return ANTHROPIC_TYPES[status]
+    return "api_error" if status >= 500 else "invalid_request_error"
+
+
+def anthropic_envelope(status: int, message: str) -> dict:
+    return {"type": "error", "error": {"type": anthropic_type(status), "message": message}}
+
+
+def as_anthropic(response: HttpResponse) -> HttpResponse:
+    """An error response in OpenAI's envelope, rewritten into Anthropic's (one already in
+    Anthropic's, such as an anthropic upstream's own answer, is left as it is)."""
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and body.get("type") == "error":
+        return response
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        message = str(error.get("message") or "")
+    elif isinstance(error, str):
+        message = error
+    else:
+        message = f"HTTP {response.status_code}"
+    rewritten = json_response(
+        response.status_code, anthropic_envelope(response.status_code, message)
+    )
+    for name, value in response.items():
+        if name.lower() not in ("content-type", "content-length"):
+            rewritten[name] = value
+    return rewritten
 
 
 class RelayError(exceptions.APIException):
@@ -127,12 +185,15 @@ class RelayMiddleware:
             return self.get_response(request)
         request.request_id = request_id = uuid.uuid4().hex
         response = self.get_response(request)
-        if response.status_code >= 400 and not response.get("Content-Type", "").startswith(
-            "application/json"
-        ):
-            # Django's own 404/413/500 pages: never HTML on /v1.
-            response = self.replace_html(request, response)
+        if response.status_code >= 400:
+            if not response.get("Content-Type", "").startswith("application/json"):
+                # Django's own 404/413/500 pages: never HTML on /v1.
+                response = self.replace_html(request, response)
+            if is_anthropic(request.path_info):
+                response = as_anthropic(response)
         response["x-request-id"] = request_id
+        if is_anthropic(request.path_info):
+            response["request-id"] = request_id
         return response
 
     def process_exception(self, request, exception):

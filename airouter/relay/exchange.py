@@ -1,16 +1,18 @@
 """One relayed request's bookkeeping: what was held, which attempt served, and the settle.
 
-`Exchange.settle()` runs exactly once per request that got past the hold (the views call it in
-`finally`, streams in their generator's `finally`), and turns the request's pending
-UsageRecord into its outcome, which replaces the hold by the cost (billing.ledger.settle).
+`Exchange.settle()` runs exactly once per request that got past the hold (the relay calls it
+when an answer or a failure is final, streams in their generator's `finally`), and turns the
+request's pending UsageRecord into its outcome: the cost from the served attempt's rates and
+the usage (billing.pricing), which replaces the hold (billing.ledger.settle).
 """
 
-import json
 import logging
 import time
 
+from airouter.relay.formats import text_chars
 from billing import ledger, pricing
 from billing.models import UsageRecord
+from billing.pricing import Usage
 
 logger = logging.getLogger("airouter.relay")
 
@@ -59,29 +61,30 @@ class Exchange:
         status: str,
         status_code: int | None,
         *,
-        usage: dict | None = None,
-        completion_text: str = "",
+        usage: Usage | None = None,
+        output_chars: int = 0,
         error: str = "",
     ) -> None:
-        """Settle the pending usage record; tokens come from usage, or are estimated."""
+        """Settle the pending usage record; tokens come from usage, or are estimated (the
+        request's text, and `output_chars` characters generated)."""
         if self.settled:
             return
         self.settled = True
         attempt = self.attempt
         served = status in SERVED and attempt is not None
         estimated = False
-        prompt = completion = 0
-        if served:
-            prompt, completion = _tokens(usage)
-            if prompt is None:
-                estimated = True
-                prompt = pricing.estimate_tokens(prompt_chars(self.body))
-                completion = pricing.estimate_tokens(len(completion_text)) if completion_text else 0
+        if not served:
+            usage = Usage()
+        elif usage is None:
+            estimated = True
+            usage = Usage(
+                input_tokens=pricing.estimate_tokens(text_chars(self.body)),
+                output_tokens=pricing.estimate_tokens(output_chars) if output_chars else 0,
+            )
+        rates = attempt.rates if attempt else None
         cost = ledger.ZERO
         if served:
-            cost = pricing.cost(
-                prompt, completion, attempt.input_rate, attempt.output_rate, attempt.multiplier
-            )
+            cost = pricing.usage_cost(usage, rates, attempt.multiplier)
             if cost > self.hold.amount:
                 # The hold is the most this request may take from the balance.
                 error = error or f"charge capped at the hold ({self.hold.amount}; cost {cost})"
@@ -94,10 +97,15 @@ class Exchange:
                 group_id=attempt.group.id if attempt else None,
                 channel_id=attempt.channel.id if attempt else None,
                 upstream_model=attempt.channel.upstream_model(self.model) if attempt else "",
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                input_rate=attempt.input_rate if attempt else 0,
-                output_rate=attempt.output_rate if attempt else 0,
+                prompt_tokens=usage.input_tokens,
+                completion_tokens=usage.output_tokens,
+                cached_tokens=usage.cached_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+                input_rate=rates.input if rates else 0,
+                output_rate=rates.output if rates else 0,
+                cached_input_rate=rates.cached_input if rates else 0,
+                cache_write_rate=rates.cache_write if rates else 0,
                 multiplier=attempt.multiplier if attempt else 1,
                 cost=cost,
                 estimated=estimated,
@@ -130,7 +138,7 @@ class Exchange:
             )
         logger.info(
             "relay %s %s token=%s group=%s channel=%s model=%s status=%s code=%s "
-            "tokens=%d+%d cost=%s attempts=%d %dms",
+            "tokens=%d+%d cached=%d cost=%s attempts=%d %dms",
             self.request_id,
             self.endpoint,
             self.token.key_prefix,
@@ -139,90 +147,10 @@ class Exchange:
             self.model,
             status,
             status_code,
-            prompt,
-            completion,
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cached_tokens,
             cost,
             self.attempts,
             latency_ms,
         )
-
-
-def _tokens(usage) -> tuple[int | None, int]:
-    if not isinstance(usage, dict):
-        return None, 0
-    prompt = usage.get("prompt_tokens")
-    if not isinstance(prompt, int):
-        return None, 0
-    completion = usage.get("completion_tokens")
-    return prompt, completion if isinstance(completion, int) else 0
-
-
-MEDIA_PART_TOKENS = 2000  # held for one image or audio part, whatever its size in bytes
-
-
-def prompt_bound(raw_length: int, body: dict) -> int:
-    """An upper bound of the prompt's tokens, for the hold.
-
-    Text never takes more than one token per two bytes of JSON (CJK included); an image or an
-    audio part is held at a fixed MEDIA_PART_TOKENS instead of its (base64) size.
-    """
-    media_parts = media_bytes = 0
-    for message in body.get("messages") or ():
-        content = message.get("content") if isinstance(message, dict) else None
-        if not isinstance(content, list):
-            continue
-        for part in content:
-            if isinstance(part, dict) and part.get("type", "text") != "text":
-                media_parts += 1
-                media_bytes += _strings_length(part)
-    return max(0, raw_length - media_bytes) // 2 + media_parts * MEDIA_PART_TOKENS + 1
-
-
-def _strings_length(value, depth=0) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict) and depth < 3:
-        return sum(_strings_length(v, depth + 1) for v in value.values())
-    return 0
-
-
-def prompt_chars(body: dict) -> int:
-    """Characters of text in a request (messages, prompt or input), for estimating tokens."""
-    total = 0
-    for message in body.get("messages") or ():
-        content = message.get("content") if isinstance(message, dict) else None
-        total += _text_length(content)
-    total += _text_length(body.get("prompt")) + _text_length(body.get("input"))
-    return total
-
-
-def _text_length(value) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, list):
-        return sum(
-            _text_length(v.get("text")) if isinstance(v, dict) else _text_length(v) for v in value
-        )
-    return 0
-
-
-def completion_text(data: bytes) -> str:
-    """The generated text of a non-stream answer (only needed when usage is missing)."""
-    try:
-        parsed = json.loads(data)
-    except (ValueError, RecursionError):
-        return ""
-    choices = parsed.get("choices") if isinstance(parsed, dict) else None
-    if not isinstance(choices, list):
-        return ""  # not an answer we know (a list, a string...): no text to count
-    return "".join(_choice_text(choice) for choice in choices)
-
-
-def _choice_text(choice) -> str:
-    if not isinstance(choice, dict):
-        return ""
-    for part in (choice.get("message"), choice.get("delta")):
-        if isinstance(part, dict) and isinstance(part.get("content"), str):
-            return part["content"]
-    text = choice.get("text")
-    return text if isinstance(text, str) else ""

@@ -1,37 +1,52 @@
-"""Server-sent events passed through as bytes.
+"""Server-sent event streams, passed through as bytes or converted event by event.
 
-The upstream's bytes go to the client as they arrive, cut only at event boundaries
-(`\\n\\n`) so an event is never split by us. Per read the work is a couple of C-level byte
-searches: events carrying a `usage` object are parsed (for billing: the last one counts, as
-upstreams with continuous usage stats send running totals on every chunk), and a usage-only
-event is dropped when the client did not ask for it; when the channel maps the model name, a
-bytes replace shows the client's name. Any failure after the first byte (the upstream's, or a
-bug of ours) ends the stream with an in-band `data: {"error": ...}` event and `data: [DONE]`;
-the `finally` settles the bill whatever happens, a client disconnect included (Django closes
-the generator when the response closes).
+`PassthroughStream` (the client speaks the channel's format): the upstream's bytes go to the
+client as they arrive, cut only at event boundaries (`\\n\\n`) so an event is never split by
+us. Per read the work is a couple of C-level byte searches: only events carrying a `usage`
+object are parsed (for billing), a chat usage-only event is dropped when the client did not ask
+for it, and a bytes replace shows the client's model name when the channel maps it.
+
+`ConvertedStream`: each upstream event is parsed once, fed through `bridges.StreamConverter`
+and the resulting events written once in the client's framing.
+
+Both: any failure after the first byte (the upstream's, or a bug of ours) ends the stream with
+the client format's own well-framed error event (chat: `data: {"error": ...}` then
+`data: [DONE]`; Messages: `event: error`; Responses: `response.failed`); an upstream that ends
+without its format's final event (`[DONE]`, `message_stop`, `response.completed`) is such a
+failure. The `finally` settles the bill whatever happens, a client disconnect included (Django
+closes the generator when the response closes).
 """
 
 import json
 import logging
 import re
 
-from airouter.relay.errors import envelope
-from airouter.relay.exchange import completion_text
+from airouter.relay import usage as usage_formats
+from airouter.relay.bridges import CHAT, MESSAGES, RESPONSES, dumps
+from airouter.relay.convert.responses import failed_response
+from airouter.relay.errors import anthropic_envelope, envelope
+from airouter.relay.formats import text_chars
 from billing.models import UsageRecord
 from channels_app import health, upstream
+from channels_app.models import Channel
 
 logger = logging.getLogger(__name__)
 
 USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 MAX_PENDING = 1 << 20  # an "event" this long without a boundary is passed on as it is
-KEEP_FOR_ESTIMATE = 4 << 20  # bytes kept to estimate tokens if the upstream sends no usage
+KEEP_FOR_ESTIMATE = 4 << 20  # characters counted to estimate tokens if no usage comes
 DONE = b"data: [DONE]\n\n"
-# The end of an OpenAI stream; SSE makes the space after the colon optional.
+# The end of an OpenAI chat stream; SSE makes the space after the colon optional.
 DONE_MARKS = (b"data: [DONE]", b"data:[DONE]")
-
-
-def ends_stream(out: bytes) -> bool:
-    return b"[DONE]" in out and any(mark in out for mark in DONE_MARKS)
+ENDS = {  # the events that end a stream of each format (the first one: what to name)
+    CHAT: (b"[DONE]",),
+    "completions": (b"[DONE]",),
+    MESSAGES: (b"message_stop",),
+    RESPONSES: (b"response.completed", b"response.incomplete", b"response.failed"),
+}
+EVENT_LINE = re.compile(rb"^event:\s*(\S+)", re.MULTILINE)
+STREAM_ERROR = UsageRecord.Status.STREAM_ERROR
+CHAT_FORMATS = (CHAT, "completions")
 
 
 def model_swap(upstream_model: str, client_model: str) -> tuple | None:
@@ -48,6 +63,39 @@ def swap_model(data: bytes, swap) -> bytes:
     return data
 
 
+def ends_stream(endpoint: str, out: bytes) -> bool:
+    """Whether these complete events hold the stream's final event."""
+    marks = ENDS[endpoint]
+    if not any(mark in out for mark in marks):
+        return False
+    if endpoint in CHAT_FORMATS:
+        return any(mark in out for mark in DONE_MARKS)
+    names = {name.decode() for name in EVENT_LINE.findall(out)}
+    return any(mark.decode() in names for mark in marks) or any(
+        f'"type":"{mark.decode()}"'.encode() in out or f'"type": "{mark.decode()}"'.encode() in out
+        for mark in marks
+    )
+
+
+def split_event(event: bytes) -> tuple[str, str]:
+    """(event name, data) of one SSE event; data lines joined by newlines."""
+    name, data = "", []
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            data.append(line[6:] if line[5:6] == b" " else line[5:])
+        elif line.startswith(b"event:"):
+            name = line[6:].strip().decode("utf-8", "replace")
+    return name, b"\n".join(data).decode("utf-8", "replace")
+
+
+def _event_json(event: bytes):
+    _, data = split_event(event)
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
 def _event_bounds(data: bytes, start: int, end: int) -> tuple[int, int]:
     """The [begin, end) of the event containing data[start:end]."""
     begin = data.rfind(b"\n\n", 0, start)
@@ -57,30 +105,28 @@ def _event_bounds(data: bytes, start: int, end: int) -> tuple[int, int]:
     return begin, stop
 
 
-def _event_json(event: bytes):
-    for line in event.split(b"\n"):
-        line = line.strip()
-        if line.startswith(b"data:"):
-            try:
-                return json.loads(line[5:])
-            except ValueError:
-                return None
-    return None
+def frame(endpoint: str, event: dict) -> bytes:
+    """One client event in its format's framing."""
+    if endpoint in (MESSAGES, RESPONSES):
+        return b"event: " + event["type"].encode() + b"\ndata: " + dumps(event) + b"\n\n"
+    return b"data: " + dumps(event) + b"\n\n"
 
 
 class EventStream:
     """Iterate the client-bound bytes of one upstream stream; settle when done."""
 
-    def __init__(self, exchange, response, first: bytes, *, client_wants_usage: bool, swap):
+    def __init__(self, exchange, response, first: bytes, bridge, *, swap=None):
         self.exchange = exchange
         self.response = response
         self.first = first
-        self.client_wants_usage = client_wants_usage
+        self.bridge = bridge
+        self.client = bridge.client
         self.swap = swap
-        self.usage = None
-        self.kept: list[bytes] = []  # what went out, to estimate tokens if no usage comes
-        self.kept_bytes = 0
+        self.finished = False  # the upstream's final event came
+        self.failed = ""  # an error the upstream reported in band
+        self.text_chars = 0  # generated characters seen, to estimate tokens if no usage comes
         self._events = None
+        self._tail = b"\n\n"  # the end of what went out last: error events must not glue on
 
     def __iter__(self):
         self._events = self._run()
@@ -94,38 +140,49 @@ class EventStream:
             upstream.release(self.response, complete=False)
             self._settle(UsageRecord.Status.CLIENT_DISCONNECTED, "client disconnected")
 
-    def _process(self, out: bytes) -> bytes:
-        if b"\r\n" in out:  # SSE allows CRLF; the client gets LF, which it allows too
-            out = out.replace(b"\r\n", b"\n")
-        if b'"usage"' in out:
-            out = self._take_usage(out)
-        if self.swap and out:
-            out = swap_model(out, self.swap)
-        if self.usage is None and self.kept_bytes < KEEP_FOR_ESTIMATE:
-            self.kept.append(out)
-            self.kept_bytes += len(out)
-        return out
+    # --- what subclasses give ---
+    def process(self, out: bytes) -> bytes:
+        raise NotImplementedError
 
-    def _take_usage(self, out: bytes) -> bytes:
-        """Keep the last usage object of these events; drop usage-only events not asked for."""
-        at = 0
-        while match := USAGE_OBJECT.search(out, at):
-            begin, stop = _event_bounds(out, match.start(), match.end())
-            payload = _event_json(out[begin:stop])
-            at = stop
-            if isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
-                self.usage = payload["usage"]
-                if not self.client_wants_usage and not payload.get("choices"):
-                    out = out[:begin] + out[stop:]
-                    at = begin
-        return out
+    def end(self) -> bytes:
+        """Bytes owed to the client once the upstream's final event came."""
+        return b""
+
+    def usage(self):
+        raise NotImplementedError
+
+    def failure_events(self, message: str, code: str, status: int) -> bytes:
+        """The client format's in-band error, ending its stream."""
+        if self.client == MESSAGES:
+            kind = "overloaded_error" if status in (503, 529) else "api_error"
+            body = anthropic_envelope(status, message)
+            body["error"]["type"] = kind
+            return b"event: error\ndata: " + dumps(body) + b"\n\n"
+        if self.client == RESPONSES:
+            body = self.exchange.body
+            response = failed_response(body, "resp_" + self.exchange.request_id, message, code)
+            event = {"type": "response.failed", "sequence_number": 0, "response": response}
+            return frame(RESPONSES, event)
+        body = envelope(message, code, code)
+        body["error"]["status"] = status
+        return b"data: " + dumps(body) + b"\n\n" + DONE
+
+    # --- the loop ---
+    def _out(self, data: bytes) -> bytes:
+        if data:
+            self._tail = data[-2:]
+        return data
+
+    def _error(self, message, code, status) -> bytes:
+        glue = b"" if self._tail.endswith(b"\n\n") else b"\n\n"
+        return glue + self.failure_events(message, code, status)
 
     def _run(self):
         exchange = self.exchange
         channel = exchange.attempt.channel
         status = UsageRecord.Status.SUCCESS
         error = ""
-        complete = finished = False
+        complete = False
         pending = b""
         data = self.first
         try:
@@ -141,48 +198,57 @@ class EventStream:
                     pending = buffer
                     if len(pending) > MAX_PENDING:
                         out, pending = pending, b""
-                        yield out
+                        yield self._out(out)
                 else:
                     pending = buffer[cut:]
-                    out = self._process(buffer[:cut])
-                    if ends_stream(out):
-                        # Bill before the client hears the end: once it has [DONE], the record
+                    was_finished = self.finished
+                    out = self.process(buffer[:cut])
+                    if self.finished and not was_finished:
+                        out += self.end()
+                        status, error = self._outcome()
+                        # Bill before the client hears the end: once it has it, the record
                         # exists.
-                        finished = True
                         self._settle(status, error)
                     if out:
-                        yield out
+                        yield self._out(out)
+                if self.finished and not self.bridge.native:
+                    break  # converted: nothing after the final event matters
                 data = upstream.read_chunk(self.response, channel.read_timeout)
-            complete = True
+            complete = not data
             if pending:  # a last event without its blank line
-                out = self._process(pending)
-                if ends_stream(out) and not finished:
-                    finished = True
+                was_finished = self.finished
+                out = self.process(pending + b"\n\n")
+                if self.finished and not was_finished:
+                    out += self.end()
+                    status, error = self._outcome()
                     self._settle(status, error)
-                yield out
-            if not finished:  # the body ended, the stream did not: never a silent close
-                status = UsageRecord.Status.STREAM_ERROR
-                error = "the upstream ended the stream before [DONE]"
-                health.note(channel, error)
-                yield self.error_event(
+                yield self._out(out)
+            if not self.finished and self.failed:  # the upstream said why, in band
+                status, error = self._outcome()
+            elif not self.finished:  # the body ended, the stream did not: never a silent close
+                status = STREAM_ERROR
+                final = ENDS[self.bridge.upstream][0].decode()
+                error = f"the upstream ended the stream before {final}"
+                health.note(channel, Channel.Outcome.FAILURE, error)
+                yield self._error(
                     f"The upstream failed after the stream started: {error}", "upstream_error", 502
                 )
         except upstream.UpstreamError as exc:
-            if finished:  # the answer was whole: what broke after [DONE] is not the client's
+            if self.finished:  # the answer was whole: what broke after the end is not the client's
                 return
-            status = UsageRecord.Status.STREAM_ERROR
+            status = STREAM_ERROR
             error = f"failed mid-stream: {exc.message}"
-            health.note(channel, error)
-            yield self.error_event(
+            health.note(channel, Channel.Outcome.FAILURE, error)
+            yield self._error(
                 f"The upstream failed after the stream started: {error}",
                 "upstream_error",
                 exc.status,
             )
         except Exception as exc:
             logger.exception("Stream %s failed", exchange.request_id)
-            status = UsageRecord.Status.STREAM_ERROR
+            status = STREAM_ERROR
             error = f"relay error mid-stream: {type(exc).__name__}"
-            yield self.error_event(
+            yield self._error(
                 "The server had an error while streaming your response.", "server_error", 500
             )
         except GeneratorExit:
@@ -193,27 +259,176 @@ class EventStream:
             upstream.release(self.response, complete)
             self._settle(status, error)
 
+    def _outcome(self) -> tuple[str, str]:
+        if self.failed:
+            return STREAM_ERROR, f"the upstream reported an error mid-stream: {self.failed}"
+        return UsageRecord.Status.SUCCESS, ""
+
     def _settle(self, status, error):
         try:
             self.exchange.settle(
-                status,
-                200,
-                usage=self.usage,
-                completion_text=self.streamed_text() if self.usage is None else "",
-                error=error,
+                status, 200, usage=self.usage(), output_chars=self.text_chars, error=error
             )
         except Exception:
             logger.exception("Could not settle stream %s", self.exchange.request_id)
 
-    def error_event(self, message: str, code: str, status: int) -> bytes:
-        body = envelope(message, code, code)
-        body["error"]["status"] = status
-        return b"data: " + json.dumps(body).encode() + b"\n\n" + DONE
 
-    def streamed_text(self) -> str:
-        text = []
-        for chunk in self.kept:
-            for line in chunk.split(b"\n"):
-                if line.startswith(b"data:") and b"[DONE]" not in line[:12]:
-                    text.append(completion_text(line[5:]))
-        return "".join(text)
+class PassthroughStream(EventStream):
+    """The client speaks the channel's format: bytes pass through."""
+
+    def __init__(self, exchange, response, first, bridge, *, swap=None, client_wants_usage=True):
+        super().__init__(exchange, response, first, bridge, swap=swap)
+        self.client_wants_usage = client_wants_usage
+        self.raw_usage = None  # chat/Responses: the last usage object; Messages: merged
+        self.kept_chars = 0
+
+    def process(self, out: bytes) -> bytes:
+        if b"\r\n" in out:  # SSE allows CRLF; the client gets LF, which it allows too
+            out = out.replace(b"\r\n", b"\n")
+        if b'"usage"' in out:
+            out = self._take_usage(out)
+        if self.swap and out:
+            out = swap_model(out, self.swap)
+        if self.raw_usage is None and self.kept_chars < KEEP_FOR_ESTIMATE:
+            self._count_text(out)
+        endpoint = self.client
+        if ends_stream(endpoint, out):
+            self.finished = True
+        if endpoint not in CHAT_FORMATS and b"error" in out:
+            self._note_error(out)
+        return out
+
+    def _count_text(self, out: bytes) -> None:
+        for line in out.split(b"\n"):
+            if line.startswith(b"data:") and b"[DONE]" not in line[:12]:
+                try:
+                    self.text_chars += text_chars(_delta_text(json.loads(line[5:])))
+                except ValueError:
+                    continue
+        self.kept_chars += len(out)
+
+    def _note_error(self, out: bytes) -> None:
+        names = {name.decode() for name in EVENT_LINE.findall(out)}
+        if "error" in names or "response.failed" in names:
+            self.failed = "see the stream"
+
+    def _take_usage(self, out: bytes) -> bytes:
+        """Keep the usage these events report; drop chat usage-only events not asked for."""
+        at = 0
+        while match := USAGE_OBJECT.search(out, at):
+            begin, stop = _event_bounds(out, match.start(), match.end())
+            payload = _event_json(out[begin:stop])
+            at = stop
+            if not isinstance(payload, dict):
+                continue
+            found = _usage_in(self.client, payload)
+            if found is None:
+                continue
+            if self.client == MESSAGES:
+                self.raw_usage = usage_formats.merge_messages_event(self.raw_usage or {}, found)
+            else:
+                self.raw_usage = found
+            chat = self.client in CHAT_FORMATS
+            if chat and not self.client_wants_usage and not payload.get("choices"):
+                out = out[:begin] + out[stop:]
+                at = begin
+        return out
+
+    def usage(self):
+        reader = {
+            MESSAGES: usage_formats.from_messages,
+            RESPONSES: usage_formats.from_responses,
+        }.get(self.client, usage_formats.from_chat)
+        return reader(self.raw_usage)
+
+
+def _usage_in(endpoint: str, payload: dict):
+    if endpoint == MESSAGES:
+        message = payload.get("message")
+        found = message.get("usage") if isinstance(message, dict) else payload.get("usage")
+    elif endpoint == RESPONSES:
+        response = payload.get("response")
+        found = response.get("usage") if isinstance(response, dict) else None
+    else:
+        found = payload.get("usage")
+    return found if isinstance(found, dict) else None
+
+
+def _delta_text(payload):
+    """What an event generated: a chat choice's delta, an Anthropic delta, a Responses delta."""
+    if not isinstance(payload, dict):
+        return None
+    choices = payload.get("choices")
+    if isinstance(choices, list):
+        return [c.get("delta") or c.get("text") for c in choices if isinstance(c, dict)]
+    delta = payload.get("delta")
+    if isinstance(delta, dict):
+        return [delta.get(k) for k in ("text", "thinking", "partial_json") if k in delta]
+    return delta if isinstance(delta, str) else None
+
+
+class ConvertedStream(EventStream):
+    """The channel answers in another format: each event is parsed, converted, written."""
+
+    def __init__(self, exchange, response, first, bridge, converter):
+        super().__init__(exchange, response, first, bridge)
+        self.converter = converter
+
+    def process(self, out: bytes) -> bytes:
+        if self.finished:
+            return b""
+        if b"\r\n" in out:
+            out = out.replace(b"\r\n", b"\n")
+        client = self.client
+        written = []
+        for event in out.split(b"\n\n"):
+            if not event.strip():
+                continue
+            name, data = split_event(event)
+            if not data:
+                continue
+            if data.strip() == "[DONE]":
+                self.finished = True
+                break
+            try:
+                payload = json.loads(data)
+            except ValueError:
+                continue  # a comment or garbage between events: nothing to convert
+            if not isinstance(payload, dict):
+                continue
+            if self.text_chars < KEEP_FOR_ESTIMATE:
+                self.text_chars += text_chars(_delta_text(payload))
+            if "error" in payload and (name == "error" or payload.get("type") == "error"):
+                self.failed = _error_message(payload)
+                self.finished = True
+                break
+            for converted in self.converter.feed(payload):
+                written.append(frame(client, converted))
+            if self.converter.upstream_done:
+                self.finished = True
+                break
+        return b"".join(written)
+
+    def end(self) -> bytes:
+        if self.failed:
+            return self._error(
+                f"The upstream failed mid-stream: {self.failed}", "upstream_error", 502
+            )
+        out = b"".join(frame(self.client, event) for event in self.converter.finish())
+        return out + DONE if self.client == CHAT else out
+
+    def failure_events(self, message: str, code: str, status: int) -> bytes:
+        events = self.converter.fail(message, code)
+        if events:
+            return b"".join(frame(self.client, event) for event in events)
+        return super().failure_events(message, code, status)
+
+    def usage(self):
+        return self.converter.usage
+
+
+def _error_message(payload: dict) -> str:
+    error = payload.get("error")
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("type") or "error")[:300]
+    return str(error)[:300]

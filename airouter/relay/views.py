@@ -1,13 +1,14 @@
-"""The /v1 endpoints: authenticate, plan, hold, forward with failover, respond, settle.
+"""The /v1 endpoints: authenticate, parse, plan, hold, forward with failover, respond, settle.
 
-Each step calls the app that owns it: tokens.authentication, channels_app.routing,
-billing.ledger, channels_app.upstream. The steady state costs three or four database round
-trips (token, hold, usage record; a token with a spend limit holds on itself too) and no
-transaction is open while the upstream works.
+Each step calls the app that owns it: tokens.authentication, the client's format
+(relay.formats), channels_app.routing, billing (the hold and the cost), the channel's
+transport (channels_app.transports, which alone decides what an upstream answer means), the
+bridges between formats (relay.bridges) and the ledger. The steady state costs three or four
+database round trips (token, hold, usage record; a token with a spend limit holds on itself
+too) and no transaction is open while the upstream works.
 """
 
 import json
-import time
 
 from django.conf import settings
 from django.db import connection
@@ -18,6 +19,8 @@ from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
+from airouter.relay import bridges
+from airouter.relay.convert.anthropic import ConversionError
 from airouter.relay.errors import (
     RelayError,
     bad_request,
@@ -27,20 +30,17 @@ from airouter.relay.errors import (
     not_found_path,
     too_large,
 )
-from airouter.relay.exchange import Exchange, completion_text, prompt_bound
-from airouter.relay.streaming import EventStream, model_swap, swap_model
+from airouter.relay.exchange import Exchange
+from airouter.relay.formats import FORMATS, ClientFormat, text_chars
+from airouter.relay.streaming import ConvertedStream, PassthroughStream, model_swap, swap_model
 from billing import ledger, pricing
 from billing.models import UsageRecord
-from channels_app import health, routing, upstream
+from channels_app import health, routing, transports, upstream
+from channels_app.models import Channel
 from tokens.authentication import TokenAuthentication
 
-# endpoint -> the field that must carry the prompt, and its accepted types
-ENDPOINTS = {
-    "chat/completions": ("messages", (list,)),
-    "completions": ("prompt", (str, list)),
-    "embeddings": ("input", (str, list)),
-}
 RETRY_AFTER_NO_CHANNEL = "30"
+Outcome = Channel.Outcome
 
 
 class IgnoreClientContentNegotiation(BaseContentNegotiation):
@@ -80,12 +80,31 @@ class ProxyView(RelayView):
     endpoint = ""
 
     def post(self, request):
-        return relay(request, self.endpoint)
+        return relay(request, FORMATS[self.endpoint])
+
+
+class CountTokensView(RelayView):
+    def post(self, request):
+        return count_tokens(request)
 
 
 class ModelListView(RelayView):
     def get(self, request):
         models = routing.reachable_models(request.auth)
+        if request.META.get("HTTP_ANTHROPIC_VERSION"):  # an Anthropic client: its list shape
+            data = [
+                {"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"}
+                for m in models
+            ]
+            return json_response(
+                200,
+                {
+                    "data": data,
+                    "has_more": False,
+                    "first_id": models[0] if models else None,
+                    "last_id": models[-1] if models else None,
+                },
+            )
         return json_response(200, {"object": "list", "data": [model_object(m) for m in models]})
 
 
@@ -134,10 +153,11 @@ def model_not_found(plan) -> RelayError:
     return RelayError(404, message, code="model_not_found", param="model")
 
 
-# --- the request --------------------------------------------------------------------
+# --- the request ---------------------------------------------------------------------
 
 
 def read_body(request) -> bytes:
+    """The body, up to RELAY_MAX_BODY_BYTES (a chunked body, without Content-Length, too)."""
     limit = settings.RELAY_MAX_BODY_BYTES
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
@@ -151,63 +171,7 @@ def read_body(request) -> bytes:
     return raw
 
 
-def parse(raw: bytes, endpoint: str) -> dict:
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack
-        body = None
-    if not isinstance(body, dict):
-        raise bad_request(
-            "We could not parse the JSON body of your request. The body must be a JSON object."
-        )
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("You must provide a model parameter (a string).", "model")
-    field, types = ENDPOINTS[endpoint]
-    value = body.get(field)
-    if value is None:
-        raise bad_request(f"Missing required parameter: '{field}'.", field)
-    if not isinstance(value, types) or (field == "messages" and not value):
-        kind = " or ".join("a string" if t is str else "an array" for t in types)
-        raise bad_request(f"Invalid type for '{field}': expected {kind}.", field)
-    if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
-        raise bad_request("Invalid type for 'stream': expected a boolean.", "stream")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise bad_request(
-            "Invalid type for 'stream_options': expected an object.", "stream_options"
-        )
-    for name in ("max_tokens", "max_completion_tokens"):
-        limit = body.get(name)
-        if limit is not None and (type(limit) is not int or limit < 0):
-            raise bad_request(f"Invalid '{name}': expected a non-negative integer.", name)
-    for name in ("n", "best_of"):
-        count = body.get(name)
-        if count is not None and (type(count) is not int or count < 1):
-            raise bad_request(f"Invalid '{name}': expected a positive integer.", name)
-    return body
-
-
-def completion_bound(body: dict, endpoint: str) -> int:
-    """The most completion tokens the answer may hold: the per-choice limit times the choices
-    generated (`n`, or `best_of` on /v1/completions, which generates that many)."""
-    if endpoint == "embeddings":
-        return 0
-    per_choice = settings.RELAY_DEFAULT_MAX_TOKENS
-    for name in ("max_completion_tokens", "max_tokens"):
-        if body.get(name) is not None:
-            per_choice = body[name]
-            break
-    choices = body.get("n") or 1
-    if endpoint == "completions":
-        choices = max(choices, body.get("best_of") or 1)
-    return per_choice * choices
-
-
-def relay(request, endpoint: str):
-    token = request.auth
-    raw = read_body(request)
-    body = parse(raw, endpoint)
+def checked_model(token, body: dict) -> str:
     model = body["model"]
     if not token.model_allowed(model):
         raise RelayError(
@@ -216,26 +180,33 @@ def relay(request, endpoint: str):
             code="model_not_allowed",
             param="model",
         )
-    stream = endpoint != "embeddings" and body.get("stream") is True
-    plan = routing.plan(token, model)
+    return model
+
+
+def relay(request, fmt: ClientFormat):
+    token = request.auth
+    raw = read_body(request)
+    body = fmt.parse(raw)
+    model = checked_model(token, body)
+    stream = fmt.is_stream(body)
+    plan = routing.plan(token, model, endpoint=fmt.endpoint)
     attempts = plan.attempts[: settings.RELAY_MAX_ATTEMPTS]
     if not attempts:
         raise no_route(plan)
 
     # The hold: an upper bound of the prompt plus every completion token allowed, at the
     # dearest of the planned attempts.
-    prompt_limit = prompt_bound(len(raw), body)
-    completion_limit = completion_bound(body, endpoint)
-    hold_amount = max(
-        pricing.cost(prompt_limit, completion_limit, a.input_rate, a.output_rate, a.multiplier)
-        for a in attempts
+    hold_amount = pricing.hold_amount(
+        fmt.prompt_bound(len(raw), body),
+        fmt.completion_bound(body),
+        [(a.rates, a.multiplier) for a in attempts],
     )
     try:
         hold = ledger.reserve(
             token,
             hold_amount,
             request_id=request.request_id,
-            endpoint=endpoint,
+            endpoint=fmt.endpoint,
             model=model,
             stream=stream,
         )
@@ -248,40 +219,15 @@ def relay(request, endpoint: str):
             headers={"x-should-retry": "false"},
         ) from None
 
-    exchange = Exchange(request.request_id, token, endpoint, model, body, stream, hold)
+    exchange = Exchange(request.request_id, token, fmt.endpoint, model, body, stream, hold)
     try:
-        response = forward(exchange, raw, body, attempts, stream)
+        response = forward(exchange, request, raw, attempts)
     except BaseException as exc:
         if not exchange.settled:
             error = exc.message if isinstance(exc, RelayError) else f"{type(exc).__name__}"
             exchange.settle(UsageRecord.Status.UPSTREAM_ERROR, None, error=error)
         raise
     return response
-
-
-def upstream_body(raw: bytes, body: dict, upstream_model: str, stream: bool) -> bytes:
-    """What goes upstream: the client's body, with the mapped model and usage asked for."""
-    if not stream and upstream_model == body["model"]:
-        return raw
-    changed = dict(body, model=upstream_model)
-    if stream:
-        changed["stream_options"] = dict(body.get("stream_options") or {}, include_usage=True)
-    return json.dumps(changed, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def is_channel_failure(status: int) -> bool:
-    """Answers that say the channel, not the request, is the problem: try the next one.
-
-    5xx and 429 as the issue says; 408 is the upstream timing out, a timeout like any other;
-    401 and 403 mean the upstream refused the channel's key (the client's key never goes
-    upstream), which the operator must fix and another channel may not suffer from.
-    """
-    return status >= 500 or status in (401, 403, 408, 429)
-
-
-# What the client is told when a channel failure was the last attempt: a refused channel key
-# is our gateway's fault (502), an upstream 408 is a timeout (504, as when we time out).
-CLIENT_STATUS = {401: 502, 403: 502, 408: 504}
 
 
 def release_db_connection() -> None:
@@ -292,96 +238,99 @@ def release_db_connection() -> None:
         connection.close()
 
 
-def forward(exchange: Exchange, raw: bytes, body: dict, attempts: list, stream: bool):
-    endpoint = exchange.endpoint
-    model = exchange.model
+CLIENT_HEADERS = ("anthropic-version", "anthropic-beta")
+
+
+def client_headers(request, fmt_endpoint: str) -> dict:
+    """What a Messages client says to Anthropic itself, passed on to anthropic channels."""
+    if not fmt_endpoint.startswith(bridges.MESSAGES):
+        return {}
+    meta = request.META
+    found = {}
+    for name in CLIENT_HEADERS:
+        value = meta.get("HTTP_" + name.upper().replace("-", "_"))
+        if value:
+            found[name] = value
+    return found
+
+
+class UpstreamBodies:
+    """The upstream body of each (bridge, upstream model), built once per request: converted
+    and serialised when the formats differ, the client's bytes when nothing changes."""
+
+    def __init__(self, raw: bytes, body: dict, stream: bool):
+        self.raw, self.body, self.stream = raw, body, stream
+        self.built: dict = {}
+        self.converted: dict = {}
+
+    def get(self, b: bridges.Bridge, upstream_model: str) -> bytes:
+        key = (b, upstream_model)
+        if key not in self.built:
+            self.built[key] = self._build(b, upstream_model)
+        return self.built[key]
+
+    def _build(self, b, upstream_model) -> bytes:
+        body, stream = self.body, self.stream
+        if (
+            b.native
+            and upstream_model == body["model"]
+            and not (stream and b.upstream == "chat/completions")
+        ):
+            return self.raw
+        if b.native:
+            changed = dict(body, model=upstream_model)
+            if stream and b.upstream in ("chat/completions", "completions"):
+                options = dict(body.get("stream_options") or {}, include_usage=True)
+                changed["stream_options"] = options
+            return bridges.dumps(changed)
+        if b not in self.converted:
+            try:
+                self.converted[b] = bridges.request_body(b, body, stream)
+            except ConversionError as exc:
+                raise bad_request(exc.message, exc.param) from None
+        return bridges.dumps(dict(self.converted[b], model=upstream_model))
+
+
+def forward(exchange: Exchange, request, raw: bytes, attempts: list):
+    """The failover loop: each attempt's transport says what its answer means."""
+    fmt_endpoint, model, body, stream = (
+        exchange.endpoint,
+        exchange.model,
+        exchange.body,
+        exchange.stream,
+    )
     expose = settings.RELAY_EXPOSE_CHANNEL
-    bodies: dict[str, bytes] = {}
+    bodies = UpstreamBodies(raw, body, stream)
+    headers = client_headers(request, fmt_endpoint)
+    query = request.META.get("QUERY_STRING", "")
     last_status, last_error = 502, ""
     for attempt in attempts:
         channel = attempt.channel
         exchange.attempts += 1
         exchange.attempt = attempt
+        b = bridges.bridge(fmt_endpoint, channel)
         upstream_model = channel.upstream_model(model)
-        if upstream_model not in bodies:
-            bodies[upstream_model] = upstream_body(raw, body, upstream_model, stream)
-        sent = time.monotonic()
+        payload = bodies.get(b, upstream_model)
         label = f"channel {channel.name}" if expose else f"attempt {exchange.attempts}"
-        response = None
-        try:
-            release_db_connection()  # also after a health note between attempts
-            response = upstream.request(
-                "POST",
-                f"{channel.base_url}/{endpoint}",
-                key=channel.key,
-                body=bodies[upstream_model],
-                connect_timeout=channel.connect_timeout,
-                read_timeout=channel.read_timeout,
-            )
-            status = response.status
-            if stream and status == 200:
-                data = upstream.read_chunk(response, channel.read_timeout)
-                if not data:
-                    raise upstream.UpstreamError("the stream ended before any data")
-            else:
-                data = upstream.read_all(response, channel.read_timeout)
-        except upstream.UpstreamError as exc:
-            if response is not None:
-                upstream.release(response, complete=False)
-            last_status, last_error = exc.status, f"{label}: {exc.message}"
-            health.note(channel, exc.message)
+        release_db_connection()  # also after a health note between attempts
+        result = transports.transport(channel).send(
+            b.upstream,
+            payload,
+            stream=stream,
+            key=channel.key,
+            client_headers=headers,
+            query=query if b.native else "",
+        )
+        health.record(channel, result)
+        if result.outcome in (Outcome.FAILURE, Outcome.KEY_REFUSED):
+            last_status, last_error = result.client_status, f"{label}: {result.message}"
             continue
-        latency_ms = int((time.monotonic() - sent) * 1000)
-
-        if status >= 400:
-            upstream.release(response, complete=True)
-            message = upstream.describe(status, data, channel.key)
-            if is_channel_failure(status):
-                if status in (401, 403):  # the channel's key: every request would fail alike
-                    health.refused(channel, message)
-                else:
-                    health.note(channel, message, latency_ms)
-                last_status = CLIENT_STATUS.get(status, status)
-                last_error = f"{label}: {message}"
-                continue
-            # The request itself was refused: pass the upstream's answer back as it said it.
-            exchange.settle(UsageRecord.Status.UPSTREAM_ERROR, status, error=message)
-            if not response.headers.get("Content-Type", "").startswith("application/json"):
-                return error_response(RelayError(status, message, code="upstream_error"))
-            data = upstream.scrub(data, channel.key)
-            return served(
-                HttpResponse(data, status=status, content_type="application/json"), attempt, expose
-            )
-
-        health.note(channel, "", latency_ms)
-        swap = model_swap(upstream_model, model)
+        if result.outcome == Outcome.REFUSED:
+            return refused(exchange, b, result, attempt, expose)
         if stream:
             exchange.ttft_ms = exchange.elapsed_ms()
-            events = EventStream(
-                exchange,
-                response,
-                data,
-                client_wants_usage=_wants_usage(body),
-                swap=swap,
-            )
-            out = StreamingHttpResponse(events, content_type="text/event-stream")
-            out["Cache-Control"] = "no-cache"
-            out["X-Accel-Buffering"] = "no"
-            release_db_connection()  # the health note above may have taken one
-            return served(out, attempt, expose)
-
-        upstream.release(response, complete=True)
-        usage = find_usage(data)
-        exchange.settle(
-            UsageRecord.Status.SUCCESS,
-            status,
-            usage=usage,
-            completion_text=completion_text(data) if usage is None else "",
-        )
-        if swap:
-            data = swap_model(data, swap)
-        content_type = response.headers.get("Content-Type", "application/json")
-        return served(HttpResponse(data, status=status, content_type=content_type), attempt, expose)
+            return served(stream_response(exchange, b, result, upstream_model), attempt, expose)
+        return served(whole_answer(exchange, b, result, upstream_model), attempt, expose)
 
     exchange.settle(UsageRecord.Status.UPSTREAM_ERROR, last_status, error=last_error)
     tried = exchange.attempts
@@ -391,6 +340,81 @@ def forward(exchange: Exchange, raw: bytes, body: dict, attempts: list, stream: 
         type="upstream_error",
         code="upstream_error",
     )
+
+
+def refused(exchange, b, result, attempt, expose):
+    """The upstream refused the request itself: the client gets its answer, in its format."""
+    status = result.status
+    exchange.settle(UsageRecord.Status.UPSTREAM_ERROR, status, error=result.message)
+    json_answer = result.content_type.startswith("application/json")
+    if not b.native or not json_answer:
+        message = f"The upstream refused the request: {result.message}"
+        return served(
+            error_response(RelayError(status, message, code="upstream_error")), attempt, expose
+        )
+    data = upstream.scrub(result.data, attempt.channel.key)
+    return served(
+        HttpResponse(data, status=status, content_type="application/json"), attempt, expose
+    )
+
+
+def whole_answer(exchange, b, result, upstream_model):
+    data = result.data
+    if b.native:
+        usage = bridges.read_usage(b.upstream, find_usage(data))
+        swap = model_swap(upstream_model, exchange.model)
+        output_chars = text_chars(_answer_json(data)) if usage is None else 0
+        exchange.settle(UsageRecord.Status.SUCCESS, 200, usage=usage, output_chars=output_chars)
+        if swap:
+            data = swap_model(data, swap)
+        return HttpResponse(
+            data, status=200, content_type=result.content_type or "application/json"
+        )
+    parsed = _answer_json(data)
+    usage = bridges.read_usage(b.upstream, parsed.get("usage"))
+    try:
+        converted = bridges.answer(b, parsed, exchange.model, exchange.body, exchange.request_id)
+    except ConversionError as exc:
+        exchange.settle(UsageRecord.Status.SUCCESS, 200, usage=usage, error=exc.message)
+        raise RelayError(
+            502,
+            f"The upstream's answer could not be converted: {exc.message}",
+            type="upstream_error",
+            code="upstream_error",
+        ) from None
+    output_chars = text_chars(parsed) if usage is None else 0
+    exchange.settle(UsageRecord.Status.SUCCESS, 200, usage=usage, output_chars=output_chars)
+    return json_response(200, converted)
+
+
+def _answer_json(data: bytes) -> dict:
+    try:
+        parsed = json.loads(data)
+    except (ValueError, RecursionError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def stream_response(exchange, b, result, upstream_model):
+    if b.native:
+        events = PassthroughStream(
+            exchange,
+            result.response,
+            result.data,
+            b,
+            swap=model_swap(upstream_model, exchange.model),
+            client_wants_usage=_wants_usage(exchange.body),
+        )
+    else:
+        converter = bridges.StreamConverter(
+            b, exchange.model, exchange.body, exchange.request_id, _wants_usage(exchange.body)
+        )
+        events = ConvertedStream(exchange, result.response, result.data, b, converter)
+    out = StreamingHttpResponse(events, content_type="text/event-stream")
+    out["Cache-Control"] = "no-cache"
+    out["X-Accel-Buffering"] = "no"
+    release_db_connection()  # the health note may have taken one
+    return out
 
 
 def served(response, attempt, expose: bool):
@@ -405,14 +429,51 @@ def _wants_usage(body: dict) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
+# --- count_tokens --------------------------------------------------------------------
+
+
+def count_tokens(request):
+    """/v1/messages/count_tokens: asked of the first anthropic channel of the plan, estimated
+    otherwise (or when that channel fails). Free: no hold, no usage record."""
+    token = request.auth
+    fmt = FORMATS["messages/count_tokens"]
+    raw = read_body(request)
+    body = fmt.parse(raw)
+    model = checked_model(token, body)
+    plan = routing.plan(token, model, endpoint=fmt.endpoint)
+    attempts = plan.attempts[: settings.RELAY_MAX_ATTEMPTS]
+    if not attempts:
+        raise no_route(plan)
+    expose = settings.RELAY_EXPOSE_CHANNEL
+    for attempt in attempts:
+        channel = attempt.channel
+        if channel.kind != Channel.Kind.ANTHROPIC:
+            continue
+        release_db_connection()
+        payload = bridges.dumps(dict(body, model=channel.upstream_model(model)))
+        result = transports.transport(channel).send(
+            "messages/count_tokens",
+            payload,
+            stream=False,
+            key=channel.key,
+            client_headers=client_headers(request, fmt.endpoint),
+        )
+        health.record(channel, result)
+        if result.ok:
+            response = HttpResponse(result.data, content_type="application/json")
+            return served(response, attempt, expose)
+    estimate = pricing.estimate_tokens(text_chars(body))
+    return served(json_response(200, {"input_tokens": estimate}), attempts[0], expose)
+
+
 _DECODER = json.JSONDecoder()
 
 
 def find_usage(data: bytes) -> dict | None:
-    """The `usage` object of a JSON answer, without parsing the rest of it.
+    """The top-level `usage` object of a JSON answer, without parsing the rest of it.
 
     A `"usage"` key followed by `:` cannot occur inside a JSON string (its quotes would be
-    escaped), and usage comes last in OpenAI answers: search from the end.
+    escaped), and usage comes last in OpenAI's and Anthropic's answers: search from the end.
     """
     at = data.rfind(b'"usage"')
     while at >= 0:

@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from airouter.arguments import decimal_or_none
 from billing.ledger import top_up
+from billing.pricing import money
 
 
 class Command(BaseCommand):
@@ -28,6 +29,6 @@ class Command(BaseCommand):
         if options["verbosity"] >= 1:
             self.stdout.write(
                 self.style.SUCCESS(
-                    f"Topped up '{user.username}' by {amount}; balance now {balance.normalize():f}."
+                    f"Topped up '{user.username}' by {amount}; balance now {money(balance)}."
                 )
             )

@@ -6,11 +6,11 @@ For invoices and for checking a pricing change: `usage_report --since 2026-11-01
 
 import csv
 import json
-from decimal import Decimal
 
 from django.core.management.base import BaseCommand
 
 from airouter.arguments import moment
+from billing.pricing import money
 from billing.reports import COLUMNS, DIMENSIONS, usage_totals
 
 
@@ -48,7 +48,7 @@ class Command(BaseCommand):
             return
         totals = {c: sum(row[c] for row in rows) for c in COLUMNS[1:]}
         lines = [
-            [by, "requests", "prompt tokens", "completion tokens", "cost"],
+            [by, *(column.replace("_", " ") for column in COLUMNS[1:])],
             *([row["key"] or "(none)", *row_cells(row)] for row in rows),
             ["total", *row_cells(totals)],
         ]
@@ -59,14 +59,12 @@ class Command(BaseCommand):
             self.stdout.write("  ".join(cells))
 
 
-def money(amount: Decimal) -> str:
-    return f"{amount.normalize():f}"
-
-
 def row_cells(row: dict) -> list[str]:
     return [
         str(row["requests"]),
         str(row["prompt_tokens"]),
+        str(row["cached_tokens"]),
+        str(row["cache_write_tokens"]),
         str(row["completion_tokens"]),
         money(row["cost"]),
     ]

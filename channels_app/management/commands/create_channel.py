@@ -4,9 +4,12 @@ The key is stored encrypted and never printed. Options not given keep their curr
 update; a new channel needs --base-url, --key and --models.
 """
 
+import argparse
+
 from django.core.management.base import BaseCommand
 
 from airouter.arguments import decimal_or_none, int_or_none, name_list, validation_as_command_error
+from channels_app.models import Channel
 from channels_app.provisioning import parse_model_map, save_channel
 
 
@@ -16,6 +19,19 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("name")
+        parser.add_argument(
+            "--kind",
+            choices=[kind.value for kind in Channel.Kind],
+            help="What the upstream speaks: openai (OpenAI-compatible, the default for a new "
+            "channel) or anthropic (Anthropic's Messages API).",
+        )
+        parser.add_argument(
+            "--responses-api",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="An openai channel whose upstream serves /v1/responses itself (Responses "
+            "requests pass through instead of being converted to chat completions).",
+        )
         parser.add_argument("--base-url", help="Up to and including /v1.")
         parser.add_argument("--key", help="The upstream API key (stored encrypted).")
         parser.add_argument("--models", help="Comma-separated model names: m1,m2")
@@ -24,6 +40,14 @@ class Command(BaseCommand):
         parser.add_argument("--weight", help="Share of traffic inside its tier (default 1).")
         parser.add_argument("--input-price", help="Price per 1M prompt tokens.")
         parser.add_argument("--output-price", help="Price per 1M completion tokens.")
+        parser.add_argument(
+            "--cached-input-price",
+            help="Price per 1M prompt tokens read from the cache (unset: the input price).",
+        )
+        parser.add_argument(
+            "--cache-write-price",
+            help="Price per 1M prompt tokens written to the cache (unset: the input price).",
+        )
         parser.add_argument("--model-map", help="public=upstream,... name rewrites.")
 
     def handle(self, *args, **options):
@@ -39,6 +63,14 @@ class Command(BaseCommand):
                 weight=int_or_none(options["weight"], "--weight"),
                 input_price=decimal_or_none(options["input_price"], "--input-price"),
                 output_price=decimal_or_none(options["output_price"], "--output-price"),
+                cached_input_price=decimal_or_none(
+                    options["cached_input_price"], "--cached-input-price"
+                ),
+                cache_write_price=decimal_or_none(
+                    options["cache_write_price"], "--cache-write-price"
+                ),
+                kind=options["kind"],
+                responses_api=options["responses_api"],
                 model_map=parse_model_map(model_map) if model_map is not None else None,
             )
         channel = saved.channel

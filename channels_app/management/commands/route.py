@@ -7,6 +7,7 @@ an empty plan, why each group and channel was left out.
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from billing.pricing import money
 from channels_app import routing
 from tokens.models import DISPLAY_PREFIX_LENGTH, Token
 
@@ -35,18 +36,25 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--token", required=True, help="The key, or its prefix (sk-AbCd1234).")
         parser.add_argument("--model", required=True, help="The model name the client asks for.")
+        parser.add_argument(
+            "--endpoint",
+            default="chat/completions",
+            choices=ENDPOINTS,
+            help="The client endpoint below /v1 (default chat/completions): channel kinds "
+            "that cannot serve it are left out.",
+        )
 
-    def handle(self, *args, token, model, **options):
+    def handle(self, *args, token, model, endpoint, **options):
         token = token_by_key_or_prefix(token)
         out = self.stdout
         out.write(
             f"Token {token.key_prefix}... of {token.owner.username}, routed by "
-            f"{token.group_label}; model {model}"
+            f"{token.group_label}; model {model}; /v1/{endpoint}"
         )
         for problem in token_problems(token, model):
             out.write(self.style.WARNING(f"Note: {problem}"))
 
-        plan = routing.plan(token, model, explain=True)
+        plan = routing.plan(token, model, endpoint=endpoint, explain=True)
         if not plan.attempts:
             out.write(self.style.ERROR(f"No attempt: nothing can serve {model} for this token."))
             if plan.no_group:
@@ -56,17 +64,32 @@ class Command(BaseCommand):
                 out.write(f"  - {note}")
             return
 
-        header = ("#", "group", "channel", "priority", "weight", "input/1M", "output/1M", "x")
+        header = (
+            "#",
+            "group",
+            "channel",
+            "kind",
+            "priority",
+            "weight",
+            "input/1M",
+            "cached/1M",
+            "cache write/1M",
+            "output/1M",
+            "x",
+        )
         rows = [
             (
                 str(n),
                 a.group.name,
                 a.channel.name,
+                kind_label(a.channel),
                 str(a.channel.priority),
                 str(a.channel.weight),
-                f"{a.input_rate.normalize():f}",
-                f"{a.output_rate.normalize():f}",
-                f"{a.multiplier.normalize():f}",
+                money(a.rates.input),
+                money(a.rates.cached_input),
+                money(a.rates.cache_write),
+                money(a.rates.output),
+                money(a.multiplier),
             )
             for n, a in enumerate(plan.attempts, 1)
         ]
@@ -81,6 +104,20 @@ class Command(BaseCommand):
         if options["verbosity"] > 1:
             for note in plan.notes:
                 out.write(f"  - {note}")
+
+
+ENDPOINTS = (
+    "chat/completions",
+    "completions",
+    "embeddings",
+    "messages",
+    "messages/count_tokens",
+    "responses",
+)
+
+
+def kind_label(channel) -> str:
+    return channel.kind + ("+responses" if channel.responses_api else "")
 
 
 def token_problems(token, model: str) -> list[str]:

@@ -1,0 +1,283 @@
+"""The client API formats: one object per /v1 endpoint a client can call.
+
+A format parses and validates the client's body (a 400 in the client's own envelope for what
+the API would refuse), and gives the bounds the hold needs: an upper bound of the prompt's
+tokens and of the completion's. Usage reading, conversion and stream framing live in
+`usage`, `convert/` and `streaming`; the envelope in `errors`.
+"""
+
+import json
+
+from django.conf import settings
+
+from airouter.relay.errors import bad_request
+
+MEDIA_PART_TOKENS = 2000  # held for one image, audio or document part, whatever its size
+MEDIA_TYPES = frozenset(
+    {"image_url", "input_audio", "image", "document", "input_image", "input_file", "file"}
+)
+# Keys whose strings are not text a model reads or writes (for text_chars).
+SKIP_KEYS = frozenset(
+    {
+        "model",
+        "id",
+        "type",
+        "role",
+        "object",
+        "status",
+        "finish_reason",
+        "stop_reason",
+        "call_id",
+        "tool_call_id",
+        "tool_use_id",
+        "signature",
+        "data",
+        "url",
+        "image_url",
+        "media_type",
+        "file_data",
+        "encrypted_content",
+        "stream",
+        "stream_options",
+        "metadata",
+        "user",
+        "include",
+    }
+)
+
+
+def load_object(raw: bytes) -> dict:
+    """The body as a JSON object, or the 400 every format answers otherwise."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack
+        body = None
+    if not isinstance(body, dict):
+        raise bad_request(
+            "We could not parse the JSON body of your request. The body must be a JSON object."
+        )
+    return body
+
+
+def _model(body: dict) -> None:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("You must provide a model parameter (a string).", "model")
+
+
+def _type(body: dict, name: str, types: tuple, what: str) -> None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, types):
+        raise bad_request(f"Invalid type for '{name}': expected {what}.", name)
+
+
+def _count(body: dict, name: str, minimum: int, *, required=False) -> None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise bad_request(f"Missing required parameter: '{name}'.", name)
+        return
+    if type(value) is not int or value < minimum:
+        what = "a non-negative integer" if minimum == 0 else "a positive integer"
+        raise bad_request(f"Invalid '{name}': expected {what}.", name)
+
+
+def _stream_flag(body: dict) -> None:
+    if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
+        raise bad_request("Invalid type for 'stream': expected a boolean.", "stream")
+
+
+def media_parts(value, depth=0) -> tuple[int, int]:
+    """(media parts, their bytes of strings) found in content lists: images, audio and
+    documents are held at MEDIA_PART_TOKENS each instead of their (base64) size."""
+    if depth > 6:
+        return 0, 0
+    parts = size = 0
+    if isinstance(value, list):
+        for item in value:
+            p, s = media_parts(item, depth + 1)
+            parts, size = parts + p, size + s
+    elif isinstance(value, dict):
+        if value.get("type") in MEDIA_TYPES:
+            return 1, _strings_length(value)
+        for key in ("messages", "content", "input", "output"):
+            if key in value:
+                p, s = media_parts(value[key], depth + 1)
+                parts, size = parts + p, size + s
+    return parts, size
+
+
+def _strings_length(value, depth=0) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict) and depth < 4:
+        return sum(_strings_length(v, depth + 1) for v in value.values())
+    return 0
+
+
+def text_chars(value, depth=0) -> int:
+    """Characters of text in a request or an answer, for estimating tokens when an upstream
+    reports no usage: every string, but names, ids and media data (SKIP_KEYS)."""
+    if isinstance(value, str):
+        return len(value)
+    if depth > 10:
+        return 0
+    if isinstance(value, list):
+        return sum(text_chars(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return sum(text_chars(v, depth + 1) for k, v in value.items() if k not in SKIP_KEYS)
+    return 0
+
+
+class ClientFormat:
+    """A client API. `endpoint` is its path below /v1 and the name the rest of the relay
+    uses for it."""
+
+    endpoint = ""
+    envelope = "openai"  # whose error envelope its errors use
+
+    def parse(self, raw: bytes) -> dict:
+        body = load_object(raw)
+        _model(body)
+        _stream_flag(body)
+        self.validate(body)
+        return body
+
+    def validate(self, body: dict) -> None:
+        raise NotImplementedError
+
+    def is_stream(self, body: dict) -> bool:
+        return body.get("stream") is True
+
+    def prompt_bound(self, raw_length: int, body: dict) -> int:
+        """An upper bound of the prompt's tokens: text never takes more than one token per
+        two bytes of JSON (CJK included); media parts count MEDIA_PART_TOKENS each."""
+        parts, size = media_parts(body)
+        return max(0, raw_length - size) // 2 + parts * MEDIA_PART_TOKENS + 1
+
+    def completion_bound(self, body: dict) -> int:
+        raise NotImplementedError
+
+
+class Chat(ClientFormat):
+    endpoint = "chat/completions"
+    field, types, what = "messages", (list,), "an array"
+
+    def validate(self, body):
+        value = body.get(self.field)
+        if value is None:
+            raise bad_request(f"Missing required parameter: '{self.field}'.", self.field)
+        if not isinstance(value, self.types):
+            raise bad_request(f"Invalid type for '{self.field}': expected {self.what}.", self.field)
+        if self.field == "messages" and not value:
+            raise bad_request(
+                "Invalid 'messages': the array must not be empty (give at least one message).",
+                "messages",
+            )
+        _type(body, "stream_options", (dict,), "an object")
+        for name in ("max_tokens", "max_completion_tokens"):
+            _count(body, name, 0)
+        for name in ("n", "best_of"):
+            _count(body, name, 1)
+
+    def completion_bound(self, body):
+        """The per-choice limit times the choices generated (`n`, or `best_of` on
+        /v1/completions, which generates that many)."""
+        per_choice = settings.RELAY_DEFAULT_MAX_TOKENS
+        for name in ("max_completion_tokens", "max_tokens"):
+            if body.get(name) is not None:
+                per_choice = body[name]
+                break
+        choices = body.get("n") or 1
+        if self.endpoint == "completions":
+            choices = max(choices, body.get("best_of") or 1)
+        return per_choice * choices
+
+
+class Completions(Chat):
+    endpoint = "completions"
+    field, types, what = "prompt", (str, list), "a string or an array"
+
+
+class Embeddings(Chat):
+    endpoint = "embeddings"
+    field, types, what = "input", (str, list), "a string or an array"
+
+    def is_stream(self, body):
+        return False
+
+    def completion_bound(self, body):
+        return 0
+
+
+class Messages(ClientFormat):
+    """Anthropic's Messages API."""
+
+    endpoint = "messages"
+    envelope = "anthropic"
+    requires_max_tokens = True
+
+    def validate(self, body):
+        if self.requires_max_tokens:
+            _count(body, "max_tokens", 1, required=True)
+        messages = body.get("messages")
+        if messages is None:
+            raise bad_request("messages: Field required", "messages")
+        if not isinstance(messages, list) or not messages:
+            raise bad_request("messages: expected a non-empty array of messages", "messages")
+        for n, message in enumerate(messages):
+            if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+                raise bad_request(
+                    f"messages.{n}: expected an object with role 'user' or 'assistant'",
+                    "messages",
+                )
+            if not isinstance(message.get("content"), str | list):
+                raise bad_request(
+                    f"messages.{n}.content: expected a string or an array of content blocks",
+                    "messages",
+                )
+        _type(body, "system", (str, list), "a string or an array of text blocks")
+        _type(body, "tools", (list,), "an array")
+        _type(body, "metadata", (dict,), "an object")
+        _type(body, "stop_sequences", (list,), "an array of strings")
+
+    def completion_bound(self, body):
+        return body.get("max_tokens") or settings.RELAY_DEFAULT_MAX_TOKENS
+
+
+class CountTokens(Messages):
+    endpoint = "messages/count_tokens"
+    requires_max_tokens = False
+
+    def is_stream(self, body):
+        return False
+
+    def completion_bound(self, body):
+        return 0
+
+
+class Responses(ClientFormat):
+    """OpenAI's Responses API."""
+
+    endpoint = "responses"
+
+    def validate(self, body):
+        value = body.get("input")
+        if value is None:
+            raise bad_request("Missing required parameter: 'input'.", "input")
+        if not isinstance(value, str | list):
+            raise bad_request("Invalid type for 'input': expected a string or an array.", "input")
+        _type(body, "instructions", (str,), "a string")
+        _type(body, "tools", (list,), "an array")
+        _type(body, "reasoning", (dict,), "an object")
+        _type(body, "text", (dict,), "an object")
+        _count(body, "max_output_tokens", 1)
+
+    def completion_bound(self, body):
+        return body.get("max_output_tokens") or settings.RELAY_DEFAULT_MAX_TOKENS
+
+
+FORMATS = {
+    f.endpoint: f
+    for f in (Chat(), Completions(), Embeddings(), Messages(), CountTokens(), Responses())
+}
