@@ -14,6 +14,8 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
+from airouter.lists import split_list
+
 
 def decimal_or_none(value: str | None, option: str) -> Decimal | None:
     if value is None:
@@ -38,9 +40,7 @@ def int_or_none(value: str | None, option: str) -> int | None:
 
 def name_list(value: str | None) -> list[str] | None:
     """'a, b,,c' -> ['a', 'b', 'c']; None stays None (option not given)."""
-    if value is None:
-        return None
-    return [item.strip() for item in value.split(",") if item.strip()]
+    return None if value is None else split_list(value)
 
 
 def moment(value: str | None, option: str, *, end_of_day: bool = False) -> datetime | None:

@@ -1,8 +1,15 @@
-"""A fast fake OpenAI upstream for the benchmark: asyncio, HTTP/1.1 keep-alive, loopback only.
+"""A fast fake OpenAI and Anthropic upstream for the benchmark: asyncio, HTTP/1.1 keep-alive,
+loopback only.
 
 POST .../chat/completions answers a fixed chat completion, or with "stream": true an SSE stream
-of 50 content chunks (+ a usage chunk when the body asks for include_usage, + [DONE]). The model
-name picks the pace of a stream:
+of 50 content chunks (+ a usage chunk when the body asks for include_usage, + [DONE]).
+
+POST .../messages answers like Anthropic's Messages API: a fixed message, or with "stream": true
+`event: <type>\ndata: <json>\n\n` events: message_start (usage: input 12, output 1),
+content_block_start, 50 content_block_delta text_deltas, content_block_stop, message_delta
+(stop_reason, usage: output 50), message_stop. Headers are not checked.
+
+The model name picks the pace of a stream (either path):
 
     bench          burst: all chunks at once
     bench-paced    5 ms between chunks
@@ -66,6 +73,61 @@ USAGE = _event(
     }
 )
 DONE = b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
+END = b"0\r\n\r\n"
+
+MESSAGE = json.dumps(
+    {
+        "id": "msg_bench",
+        "type": "message",
+        "role": "assistant",
+        "model": "bench",
+        "content": [{"type": "text", "text": "Hello from the bench upstream."}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 12, "output_tokens": 8},
+    },
+    separators=(",", ":"),
+).encode()
+
+
+def _sse(kind: str, payload: dict) -> bytes:
+    data = b"event: %s\ndata: %s\n\n" % (
+        kind.encode(),
+        json.dumps({"type": kind, **payload}, separators=(",", ":")).encode(),
+    )
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+MESSAGE_START = _sse(
+    "message_start",
+    {
+        "message": {
+            "id": "msg_bench",
+            "type": "message",
+            "role": "assistant",
+            "model": "bench",
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 12, "output_tokens": 1},
+        }
+    },
+) + _sse("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+MESSAGE_TOKEN = _sse(
+    "content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "tok "}}
+)
+MESSAGE_END = (
+    _sse("content_block_stop", {"index": 0})
+    + _sse(
+        "message_delta",
+        {
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": CHUNKS},
+        },
+    )
+    + _sse("message_stop", {})
+    + END
+)
 STREAM_HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
     b"Transfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
@@ -106,32 +168,41 @@ class UpstreamProtocol(asyncio.Protocol):
                 return
             body = self.buffer[end + 4 : end + 4 + length]
             self.buffer = self.buffer[end + 4 + length :]
-            path = head.split(" ", 2)[1]
-            if not path.endswith("/chat/completions"):
+            path = head.split(" ", 2)[1].split("?", 1)[0]
+            if path.endswith("/chat/completions"):
+                messages = False
+            elif path.endswith("/messages"):
+                messages = True
+            else:
                 self.transport.write(NOT_FOUND)
                 continue
             if b'"stream":true' in body.replace(b" ", b""):
                 self.busy = True
-                asyncio.ensure_future(self.stream(body))
+                asyncio.ensure_future(self.stream(body, messages))
                 return
-            self.transport.write(JSON_HEAD % len(COMPLETION) + COMPLETION)
+            answer = MESSAGE if messages else COMPLETION
+            self.transport.write(JSON_HEAD % len(answer) + answer)
 
-    async def stream(self, body: bytes):
+    async def stream(self, body: bytes, messages: bool = False):
         if b"bench-hold" in body:
             gap = HOLD_SECONDS / CHUNKS
         elif b"bench-paced" in body:
             gap = PACED_GAP
         else:
             gap = 0.0
+        if messages:
+            first, token, tail = MESSAGE_START, MESSAGE_TOKEN, MESSAGE_END
+        else:
+            first, token = FIRST, TOKEN
+            tail = LAST + (USAGE if b"include_usage" in body else b"") + DONE
         write = self.transport.write
-        write(STREAM_HEAD + FIRST)
+        write(STREAM_HEAD + first)
         for _ in range(CHUNKS):
             if gap:
                 await asyncio.sleep(gap)
             if self.transport.is_closing():
                 return
-            write(TOKEN)
-        tail = LAST + (USAGE if b"include_usage" in body else b"") + DONE
+            write(token)
         write(tail)
         self.busy = False
         self.process()

@@ -3,8 +3,8 @@ from functools import cached_property
 from django.contrib import admin
 from django.core.paginator import Paginator
 
+from airouter.admin_display import CSS, badge
 from billing.models import UsageRecord
-from groups.admin import CSS, badge
 
 
 class CappedCountPaginator(Paginator):

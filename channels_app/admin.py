@@ -2,9 +2,9 @@ from django import forms
 from django.contrib import admin
 from django.utils.text import Truncator
 
+from airouter.admin_display import CSS, badge
 from channels_app import provisioning
 from channels_app.models import Channel, ModelPrice
-from groups.admin import CSS, badge
 
 
 class ChannelForm(forms.ModelForm):

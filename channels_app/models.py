@@ -5,16 +5,12 @@ from django.db import models
 from django.db.models import Q
 from django.utils.timezone import now
 
+from airouter.lists import split_list
 from channels_app import keystore
 from groups.models import Group
 
 PRICE = {"max_digits": 20, "decimal_places": 6}
 PRICE_FIELDS = ("input_price", "output_price", "cached_input_price", "cache_write_price")
-
-
-def split_list(text: str) -> list[str]:
-    """'a, b\\nc' -> ['a', 'b', 'c']: how lists of models and CIDRs are typed."""
-    return [item for item in (part.strip() for part in text.replace("\n", ",").split(",")) if item]
 
 
 class Channel(models.Model):

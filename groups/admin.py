@@ -11,6 +11,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
+from airouter.admin_display import CSS, badge
 from billing.ledger import top_up
 from billing.pricing import money
 from channels_app.models import Channel
@@ -21,8 +22,6 @@ from tokens.models import Token
 # Routing groups are the only groups here; Django's permission groups are unused.
 admin.site.unregister(PermissionGroup)
 
-CSS = {"all": ["airouter/admin.css"]}
-
 
 class TopUpForm(forms.Form):
     amount = forms.DecimalField(
@@ -30,12 +29,6 @@ class TopUpForm(forms.Form):
         decimal_places=10,
         min_value=Decimal("0.0000000001"),
         help_text="Added to each selected user's balance.",
-    )
-
-
-def badge(text: str, level: str, title: str = ""):
-    return format_html(
-        '<span class="airouter-badge airouter-badge-{}" title="{}">{}</span>', level, title, text
     )
 
 

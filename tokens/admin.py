@@ -6,8 +6,8 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
+from airouter.admin_display import CSS, badge
 from billing.pricing import money
-from groups.admin import CSS, badge
 from groups.models import AUTO, Group
 from tokens import form_once, issuing
 from tokens.models import Token

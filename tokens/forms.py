@@ -3,7 +3,7 @@
 from django import forms
 from django.utils.timezone import now
 
-from channels_app.models import split_list
+from airouter.lists import split_list
 from groups.models import AUTO, MONEY
 
 

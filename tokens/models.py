@@ -11,7 +11,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils.timezone import now
 
-from channels_app.models import split_list
+from airouter.lists import split_list
 from groups.models import AUTO, MONEY, Group
 
 KEY_ALPHABET = string.ascii_letters + string.digits
