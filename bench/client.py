@@ -2,11 +2,18 @@
 
     client.py load    --port P [--key K] --concurrency C --seconds S    non-stream req/s, latency
     client.py streams --port P [--key K] --model M --count N            sequential 50-chunk streams
+                      [--format chat|messages|responses]                (default chat)
     client.py hold    --port P [--key K] --streams N                    N concurrent long streams
                       --short-port P2                                   + short requests meanwhile
 
 Each prints one JSON object on stdout. Used where wrk is missing and for what wrk cannot see
 (time to first token, long concurrent streams).
+
+A stream counts as complete only with status 200, its first content token seen and its
+format's final event seen (chat `data: [DONE]`, Messages `event: message_stop`, Responses
+`event: response.completed`), and no in-band error (chat: an `"error"` object; Messages
+`event: error`; Responses `event: response.failed` / `response.incomplete` / `error`).
+Anything else is an error.
 """
 
 import argparse
@@ -20,11 +27,63 @@ PATH = "/v1/chat/completions"
 CHAT = {"model": "bench", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
 
 
-def build_request(body: dict, key: str) -> bytes:
+class Format:
+    """A client format's stream request and what its events look like on the wire."""
+
+    def __init__(self, path, body, token, end, errors, anthropic=False):
+        self.path = path
+        self.body = body  # model -> the stream request's body
+        self.token = token  # bytes in the first event carrying a content token
+        self.end = end  # bytes of the format's final event
+        self.errors = errors  # bytes of an in-band error event
+        self.anthropic = anthropic  # x-api-key and anthropic-version instead of Bearer
+
+
+FORMATS = {
+    "chat": Format(
+        PATH,
+        lambda model: {
+            **CHAT,
+            "model": model,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+        token=b'"content":"tok',
+        end=b"data: [DONE]",
+        errors=(b'"error"',),
+    ),
+    "messages": Format(
+        "/v1/messages",
+        lambda model: {**CHAT, "model": model, "stream": True},
+        token=b'"text":"tok',
+        end=b"event: message_stop\n",
+        errors=(b"event: error\n",),
+        anthropic=True,
+    ),
+    "responses": Format(
+        "/v1/responses",
+        lambda model: {"model": model, "input": "Say hello.", "stream": True},
+        token=b'"delta":"tok',
+        end=b"event: response.completed\n",
+        errors=(
+            b"event: response.failed\n",
+            b"event: response.incomplete\n",
+            b"event: error\n",
+        ),
+    ),
+}
+CARRY = 64  # bytes kept from the previous piece: a marker split across two pieces is found
+
+
+def build_request(body: dict, key: str, path: str = PATH, anthropic: bool = False) -> bytes:
     payload = json.dumps(body, separators=(",", ":")).encode()
-    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    if anthropic:
+        auth = f"x-api-key: {key}\r\n" if key else ""
+        auth += "anthropic-version: 2023-06-01\r\n"
+    else:
+        auth = f"Authorization: Bearer {key}\r\n" if key else ""
     head = (
-        f"POST {PATH} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n{auth}"
+        f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n{auth}"
         f"Content-Length: {len(payload)}\r\n\r\n"
     )
     return head.encode() + payload
@@ -125,33 +184,40 @@ def summary(latencies: list[float]) -> dict:
     }
 
 
-async def stream_once(conn: Connection, request: bytes, timeout: float) -> tuple:
-    """(ttft, total, ok): time to the first content token and to the end of the stream."""
+async def stream_once(
+    conn: Connection, request: bytes, timeout: float, fmt: Format = FORMATS["chat"]
+) -> tuple:
+    """(ttft, total, ok): time to the first content token and to the end of the stream; ok
+    only when the format's final event came and no error event did."""
     started = time.perf_counter()
-    ttft, ok, tail = None, False, b""
+    ttft, ok, ended, failed, carry = None, False, False, False, b""
+    token, end, errors = fmt.token, fmt.end, fmt.errors
     try:
         async with asyncio.timeout(timeout):
             status, headers = await conn.send(request)
             async for piece in iter_body(conn.reader, headers):
-                if ttft is None and b'"content":"tok' in piece:
+                window = carry + piece
+                if ttft is None and token in window:
                     ttft = time.perf_counter() - started
-                tail = (tail + piece)[-256:]
-                if b'"error"' in piece:
-                    status = 0
-            ok = status == 200 and b"[DONE]" in tail and ttft is not None
+                if not ended and end in window:
+                    ended = True
+                if any(error in window for error in errors):
+                    failed = True
+                carry = window[-CARRY:]
+            ok = status == 200 and ended and not failed and ttft is not None
             conn.done(headers)
     except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError):
         conn.close()
     return ttft, time.perf_counter() - started, ok
 
 
-async def streams(port: int, key: str, model: str, count: int) -> dict:
-    body = {**CHAT, "model": model, "stream": True, "stream_options": {"include_usage": True}}
-    request = build_request(body, key)
+async def streams(port: int, key: str, model: str, count: int, fmt: str = "chat") -> dict:
+    form = FORMATS[fmt]
+    request = build_request(form.body(model), key, form.path, form.anthropic)
     conn = Connection(port)
     ttfts, totals, errors = [], [], 0
     for _ in range(count):
-        ttft, total, ok = await stream_once(conn, request, timeout=30)
+        ttft, total, ok = await stream_once(conn, request, 30, form)
         if ok:
             ttfts.append(ttft)
             totals.append(total)
@@ -222,6 +288,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--model", default="bench")
+    parser.add_argument("--format", choices=sorted(FORMATS), default="chat")
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--short-port", type=int)
@@ -230,7 +297,7 @@ def main() -> None:
     if args.mode == "load":
         result = load(args.port, args.key, args.concurrency, args.seconds)
     elif args.mode == "streams":
-        result = streams(args.port, args.key, args.model, args.count)
+        result = streams(args.port, args.key, args.model, args.count, args.format)
     else:
         result = hold(
             args.port,

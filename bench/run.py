@@ -13,8 +13,10 @@ Environment:
     BENCH_HOLD          concurrent 20-second streams (default 1000; quick 200; 0 skips)
     BENCH_PARTS         which tables: load,streams,hold (default all three)
     BENCH_CONCURRENCY   non-stream concurrencies (default 1,8,32)
-    BENCH_PROFILE=FILE  first record a py-spy profile of the workers under c=8 load (or paced
-                        streams with BENCH_PROFILE_STREAMS=1) and print its top (needs py-spy)
+    BENCH_PROFILE=FILE  first record a py-spy profile of the workers under c=8 load and print
+                        its top (needs py-spy). BENCH_PROFILE_STREAMS picks streams instead:
+                        1 or paced (paced chat), or one of the burst rows: chat, messages
+                        (native, anthropic channel), messages-chat, responses-chat (converted)
     WEB_CONCURRENCY, GUNICORN_THREADS, GUNICORN_WORKER_CLASS, ...: passed to gunicorn.conf.py
 """
 
@@ -47,6 +49,20 @@ TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TWO_CORES = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
 ROUTER_CORE, LOAD_CORE = "0", "1"
+ANTHROPIC_MODEL = "bench-anthropic"  # served by the anthropic channel only
+# 50-chunk burst stream rows: label -> (client format, model, format the upstream answers in,
+# which is what the direct figure is measured on).
+BURST_ROWS = {
+    "chat": ("burst", "chat", "bench", "chat"),
+    "messages": (
+        "burst, Messages native (anthropic channel)",
+        "messages",
+        ANTHROPIC_MODEL,
+        "messages",
+    ),
+    "messages-chat": ("burst, Messages -> chat (openai channel)", "messages", "bench", "chat"),
+    "responses-chat": ("burst, Responses -> chat (openai channel)", "responses", "bench", "chat"),
+}
 
 
 def pinned(core: str, argv: list[str]) -> list[str]:
@@ -189,6 +205,16 @@ def configure(env: dict, upstream_port: int) -> str:
         *("--models", "bench,bench-paced,bench-hold", "--groups", "bench"),
         *("--input-price", "0.15", "--output-price", "0.6"),
     )
+    # The same fake upstream answering /v1/messages as Anthropic: model names route, so a
+    # Messages client asking for ANTHROPIC_MODEL passes through, one asking for "bench" is
+    # converted to chat for the openai channel above.
+    manage(
+        env,
+        *("create_channel", "bench-anthropic", "--kind", "anthropic"),
+        *("--base-url", f"http://127.0.0.1:{upstream_port}/v1", "--key", "sk-bench-upstream"),
+        *("--models", ANTHROPIC_MODEL, "--groups", "bench"),
+        *("--input-price", "0.15", "--output-price", "0.6"),
+    )
     return manage(env, "create_token", "bench", "--group", "bench").strip().splitlines()[-1]
 
 
@@ -265,7 +291,10 @@ def profile(router: Router, key: str, path: str, seconds: int = 10) -> None:
     if not Path(pyspy).exists():
         print("BENCH_PROFILE: py-spy is not installed (pip install py-spy); skipped")
         return
-    streams = os.environ.get("BENCH_PROFILE_STREAMS", "") not in ("", "0")
+    streams = os.environ.get("BENCH_PROFILE_STREAMS", "")
+    streams = "" if streams == "0" else "paced" if streams == "1" else streams
+    if streams and streams != "paced" and streams not in BURST_ROWS:
+        raise SystemExit(f"BENCH_PROFILE_STREAMS: one of 1, paced, {', '.join(BURST_ROWS)}")
     workers = router.worker_pids()
     spies = [
         subprocess.Popen(
@@ -276,7 +305,7 @@ def profile(router: Router, key: str, path: str, seconds: int = 10) -> None:
         )
         for pid in workers
     ]
-    if streams:
+    if streams == "paced":
         count = str(int(seconds / 0.26) + 4)
         client(
             "streams",
@@ -289,6 +318,13 @@ def profile(router: Router, key: str, path: str, seconds: int = 10) -> None:
             "--key",
             key,
         )
+    elif streams:
+        _, fmt, model, _ = BURST_ROWS[streams]
+        while any(spy.poll() is None for spy in spies):  # batches until the profile ends
+            client(
+                *("streams", "--format", fmt, "--model", model, "--count", "200"),
+                *("--port", str(router.port), "--key", key),
+            )
     else:
         load(router.port, key, 8, seconds + 2)
     for spy in spies:
@@ -299,7 +335,13 @@ def profile(router: Router, key: str, path: str, seconds: int = 10) -> None:
             if part.exists():
                 merged.write(part.read_text())
                 part.unlink()
-    what = "paced 50-chunk streams" if streams else "c=8 non-stream load"
+    what = (
+        "c=8 non-stream load"
+        if not streams
+        else "paced 50-chunk streams"
+        if streams == "paced"
+        else f"50-chunk burst streams ({BURST_ROWS[streams][0]})"
+    )
     print(f"py-spy profile of the workers under {what}: {path}")
     print_profile(path)
 
@@ -435,10 +477,15 @@ def stream_table(router: Router, key: str, upstream_port: int) -> None:
         "| router total ms | router CPU ms/stream | errors |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for label, model in (("burst", "bench"), ("paced 5 ms", "bench-paced")):
-        count = str(STREAMS if model == "bench" else max(STREAMS // 4, 10))
-        args = ("streams", "--model", model, "--count", count)
-        direct = client(*args, "--port", str(upstream_port))
+    rows = [*BURST_ROWS.values(), ("paced 5 ms", "chat", "bench-paced", "chat")]
+    for label, fmt, model, upstream_fmt in rows:
+        count = str(max(STREAMS // 4, 10) if model == "bench-paced" else STREAMS)
+        # direct: the upstream called in the format the channel is called in, same model
+        direct = client(
+            *("streams", "--format", upstream_fmt, "--model", model, "--count", count),
+            *("--port", str(upstream_port)),
+        )
+        args = ("streams", "--format", fmt, "--model", model, "--count", count)
         routed, cpu = measured(
             router, lambda args=args: client(*args, "--port", str(router.port), "--key", key)
         )

@@ -1,9 +1,9 @@
 """DRF authentication for /v1: `Authorization: Bearer sk-...` or `x-api-key: sk-...`.
 
-One indexed query (the token with its owner) per request; `Token.refusal()` decides. The errors
-are the relay's envelope: 401 invalid_api_key (the key shown masked), 401 token_expired,
-403 ip_not_allowed. The client IP is REMOTE_ADDR, or behind RELAY_TRUSTED_PROXIES the right-most
-X-Forwarded-For address that is not a trusted proxy.
+One indexed query (the token with its owner) per request; `Token.refusal()` decides. A refused key
+raises `KeyRefused`, which the relay renders as its error envelope: 401 invalid_api_key (the key
+shown masked), 401 token_expired, 403 ip_not_allowed. The client IP is REMOTE_ADDR, or behind
+RELAY_TRUSTED_PROXIES the right-most X-Forwarded-For address that is not a trusted proxy.
 """
 
 import ipaddress
@@ -17,8 +17,8 @@ from django.db import connection
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from rest_framework.authentication import BaseAuthentication
+from rest_framework.exceptions import APIException
 
-from airouter.relay.errors import RelayError
 from tokens.models import Token, hash_key, mask_key, parse_ip
 
 CHALLENGE = "Bearer"
@@ -142,14 +142,29 @@ def client_ip(request) -> str:
     return _normal(hops[0] if hops else remote)  # proxies all the way: the first one
 
 
-def _unauthorized(message: str, code: str) -> RelayError:
-    return RelayError(
-        401,
-        message,
-        code=code,
-        type="invalid_request_error",
-        headers={"WWW-Authenticate": CHALLENGE},
-    )
+class KeyRefused(APIException):
+    """A request refused for its API key: what the client is told (status, message, OpenAI
+    `code` and `type`) and the headers to send with it."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str,
+        type: str = "invalid_request_error",  # noqa: A002  (OpenAI's field name)
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status_code = status
+        self.message = message
+        self.code = code
+        self.type = type
+        self.headers = headers or {}
+
+
+def _unauthorized(message: str, code: str) -> KeyRefused:
+    return KeyRefused(401, message, code=code, headers={"WWW-Authenticate": CHALLENGE})
 
 
 class TokenAuthentication(BaseAuthentication):
@@ -173,7 +188,7 @@ class TokenAuthentication(BaseAuthentication):
             raise _unauthorized(
                 f"The API key {mask_key(key)} has expired. Create a new key.", refusal.code
             )
-        raise RelayError(refusal.status, refusal.reason, code=refusal.code)
+        raise KeyRefused(refusal.status, refusal.reason, code=refusal.code)
 
     def authenticate_header(self, request):
         return CHALLENGE

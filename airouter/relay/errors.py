@@ -16,6 +16,8 @@ import uuid
 from django.http import HttpResponse
 from rest_framework import exceptions
 
+from tokens.authentication import KeyRefused
+
 logger = logging.getLogger(__name__)
 
 V1_PREFIX = "/v1/"
@@ -150,6 +152,9 @@ def exception_handler(exc, context):
     """DRF EXCEPTION_HANDLER: every exception of a relay view becomes the envelope."""
     if isinstance(exc, RelayError):
         return error_response(exc)
+    if isinstance(exc, KeyRefused):
+        body = envelope(exc.message, exc.type, exc.code)
+        return json_response(exc.status_code, body, exc.headers)
     if isinstance(exc, exceptions.APIException):
         type_, code = _DRF_CODES.get(type(exc), ("invalid_request_error", None))
         if isinstance(exc, exceptions.MethodNotAllowed):

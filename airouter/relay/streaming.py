@@ -124,7 +124,6 @@ class EventStream:
         self.swap = swap
         self.finished = False  # the upstream's final event came
         self.failed = ""  # an error the upstream reported in band
-        self.text_chars = 0  # generated characters seen, to estimate tokens if no usage comes
         self._events = None
         self._tail = b"\n\n"  # the end of what went out last: error events must not glue on
 
@@ -149,6 +148,10 @@ class EventStream:
         return b""
 
     def usage(self):
+        raise NotImplementedError
+
+    def output_chars(self) -> int:
+        """Characters generated, to estimate tokens when the upstream sent no usage."""
         raise NotImplementedError
 
     def failure_events(self, message: str, code: str, status: int) -> bytes:
@@ -267,7 +270,7 @@ class EventStream:
     def _settle(self, status, error):
         try:
             self.exchange.settle(
-                status, 200, usage=self.usage(), output_chars=self.text_chars, error=error
+                status, 200, usage=self.usage(), output_chars=self.output_chars(), error=error
             )
         except Exception:
             logger.exception("Could not settle stream %s", self.exchange.request_id)
@@ -280,7 +283,8 @@ class PassthroughStream(EventStream):
         super().__init__(exchange, response, first, bridge, swap=swap)
         self.client_wants_usage = client_wants_usage
         self.raw_usage = None  # chat/Responses: the last usage object; Messages: merged
-        self.kept_chars = 0
+        self.kept: list[bytes] = []  # what went out, to estimate tokens if no usage comes
+        self.kept_bytes = 0
 
     def process(self, out: bytes) -> bytes:
         if b"\r\n" in out:  # SSE allows CRLF; the client gets LF, which it allows too
@@ -289,8 +293,9 @@ class PassthroughStream(EventStream):
             out = self._take_usage(out)
         if self.swap and out:
             out = swap_model(out, self.swap)
-        if self.raw_usage is None and self.kept_chars < KEEP_FOR_ESTIMATE:
-            self._count_text(out)
+        if self.raw_usage is None and self.kept_bytes < KEEP_FOR_ESTIMATE:
+            self.kept.append(out)
+            self.kept_bytes += len(out)
         endpoint = self.client
         if ends_stream(endpoint, out):
             self.finished = True
@@ -298,14 +303,19 @@ class PassthroughStream(EventStream):
             self._note_error(out)
         return out
 
-    def _count_text(self, out: bytes) -> None:
-        for line in out.split(b"\n"):
-            if line.startswith(b"data:") and b"[DONE]" not in line[:12]:
-                try:
-                    self.text_chars += text_chars(_delta_text(json.loads(line[5:])))
-                except ValueError:
-                    continue
-        self.kept_chars += len(out)
+    def output_chars(self) -> int:
+        """Generated characters in what went out (parsed only when no usage came)."""
+        if self.raw_usage is not None:
+            return 0
+        total = 0
+        for chunk in self.kept:
+            for line in chunk.split(b"\n"):
+                if line.startswith(b"data:") and b"[DONE]" not in line[:12]:
+                    try:
+                        total += text_chars(_delta_text(json.loads(line[5:])))
+                    except ValueError:
+                        continue
+        return total
 
     def _note_error(self, out: bytes) -> None:
         names = {name.decode() for name in EVENT_LINE.findall(out)}
@@ -373,6 +383,7 @@ class ConvertedStream(EventStream):
     def __init__(self, exchange, response, first, bridge, converter):
         super().__init__(exchange, response, first, bridge)
         self.converter = converter
+        self.text_chars = 0  # generated characters seen, to estimate tokens if no usage comes
 
     def process(self, out: bytes) -> bytes:
         if self.finished:
@@ -398,7 +409,9 @@ class ConvertedStream(EventStream):
                 continue
             if self.text_chars < KEEP_FOR_ESTIMATE:
                 self.text_chars += text_chars(_delta_text(payload))
-            if "error" in payload and (name == "error" or payload.get("type") == "error"):
+            if "error" in payload and (
+                name == "error" or payload.get("type") == "error" or "choices" not in payload
+            ):
                 self.failed = _error_message(payload)
                 self.finished = True
                 break
@@ -425,6 +438,9 @@ class ConvertedStream(EventStream):
 
     def usage(self):
         return self.converter.usage
+
+    def output_chars(self) -> int:
+        return self.text_chars
 
 
 def _error_message(payload: dict) -> str:

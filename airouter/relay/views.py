@@ -271,15 +271,12 @@ class UpstreamBodies:
 
     def _build(self, b, upstream_model) -> bytes:
         body, stream = self.body, self.stream
-        if (
-            b.native
-            and upstream_model == body["model"]
-            and not (stream and b.upstream == "chat/completions")
-        ):
+        usage_asked = stream and b.upstream in ("chat/completions", "completions")
+        if b.native and upstream_model == body["model"] and not usage_asked:
             return self.raw
         if b.native:
             changed = dict(body, model=upstream_model)
-            if stream and b.upstream in ("chat/completions", "completions"):
+            if usage_asked:
                 options = dict(body.get("stream_options") or {}, include_usage=True)
                 changed["stream_options"] = options
             return bridges.dumps(changed)
