@@ -319,10 +319,10 @@ def profile(router: Router, key: str, path: str, seconds: int = 10) -> None:
             key,
         )
     elif streams:
-        _, fmt, model, _ = BURST_ROWS[streams]
+        _, client_format, model, _ = BURST_ROWS[streams]
         while any(spy.poll() is None for spy in spies):  # batches until the profile ends
             client(
-                *("streams", "--format", fmt, "--model", model, "--count", "200"),
+                *("streams", "--format", client_format, "--model", model, "--count", "200"),
                 *("--port", str(router.port), "--key", key),
             )
     else:
@@ -478,14 +478,14 @@ def stream_table(router: Router, key: str, upstream_port: int) -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     rows = [*BURST_ROWS.values(), ("paced 5 ms", "chat", "bench-paced", "chat")]
-    for label, fmt, model, upstream_fmt in rows:
+    for label, client_format, model, upstream_format in rows:
         count = str(max(STREAMS // 4, 10) if model == "bench-paced" else STREAMS)
         # direct: the upstream called in the format the channel is called in, same model
         direct = client(
-            *("streams", "--format", upstream_fmt, "--model", model, "--count", count),
+            *("streams", "--format", upstream_format, "--model", model, "--count", count),
             *("--port", str(upstream_port)),
         )
-        args = ("streams", "--format", fmt, "--model", model, "--count", count)
+        args = ("streams", "--format", client_format, "--model", model, "--count", count)
         routed, cpu = measured(
             router, lambda args=args: client(*args, "--port", str(router.port), "--key", key)
         )

@@ -99,6 +99,20 @@ def test_cache_tokens_are_priced_at_their_own_rates(live_server, fake_upstream):
     assert record.cost == Decimal("0.000222")
 
 
+def test_per_model_cache_prices_override_the_channels(live_server, fake_upstream):
+    _, key, channel = anthropic_routed(fake_upstream, cached_input_price=Decimal("9"))
+    channel.model_prices.create(
+        model=MODEL, input_price=2, output_price=4, cached_input_price=Decimal("0.2")
+    )  # no cache-write price for the model: its input price
+    fake_upstream.configure(prompt_tokens=20, cached_tokens=10, cache_write_tokens=4)
+    ask(claude(live_server, key))
+    record = UsageRecord.objects.get()
+    rates = (record.input_rate, record.cached_input_rate, record.cache_write_rate)
+    assert rates == (2, Decimal("0.2"), 2)
+    # (6 x 2 + 10 x 0.2 + 4 x 2 + 5 x 4) / 1M
+    assert record.cost == Decimal("0.000042")
+
+
 def test_a_stream_passes_through_and_is_billed(live_server, fake_upstream):
     token, key, _ = anthropic_routed(fake_upstream)
     client = claude(live_server, key)
@@ -142,8 +156,9 @@ def test_messages_are_converted_for_an_openai_channel(live_server, fake_upstream
     assert UsageRecord.objects.get().status == "success"
 
 
-def test_a_tool_use_round_trip_through_an_openai_channel(live_server, fake_upstream):
-    _, key, _ = routed(fake_upstream, model_names=MODEL)
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_tool_use_round_trip(live_server, fake_upstream, kind):
+    _, key, _ = routed(fake_upstream, model_names=MODEL, kind=kind)
     client = claude(live_server, key)
     fake_upstream.configure(
         tool_calls=[{"id": "call_1", "name": "get_weather", "arguments": {"city": "Paris"}}]
@@ -153,8 +168,11 @@ def test_a_tool_use_round_trip_through_an_openai_channel(live_server, fake_upstr
     use = next(block for block in first.content if block.type == "tool_use")
     assert (use.id, use.name, use.input) == ("call_1", "get_weather", {"city": "Paris"})
     sent = fake_upstream.last_json()
-    assert sent["tools"][0]["function"]["name"] == "get_weather"
-    assert sent["tool_choice"] == "auto"
+    if kind == "openai":
+        assert sent["tools"][0]["function"]["name"] == "get_weather"
+        assert sent["tool_choice"] == "auto"
+    else:
+        assert sent["tools"] == TOOLS and sent["tool_choice"] == {"type": "auto"}
 
     fake_upstream.configure(tool_calls=None)
     second = ask(
@@ -171,8 +189,12 @@ def test_a_tool_use_round_trip_through_an_openai_channel(live_server, fake_upstr
     )
     assert second.content[0].text == "Hello from the fake upstream."
     sent = fake_upstream.last_json()
-    assert sent["messages"][1]["tool_calls"][0]["id"] == "call_1"
-    assert sent["messages"][2] == {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"}
+    if kind == "openai":
+        assert sent["messages"][1]["tool_calls"][0]["id"] == "call_1"
+        assert sent["messages"][2] == {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"}
+    else:
+        assert sent["messages"][2]["content"][0]["tool_use_id"] == "call_1"
+    assert UsageRecord.objects.filter(status="success").count() == 2
 
 
 def test_parallel_tool_calls_stream_as_well_formed_blocks(live_server, fake_upstream):

@@ -41,6 +41,17 @@ def converted(request, fake_upstream):
     return token, key, channel, path
 
 
+@pytest.fixture(params=["openai", "anthropic", "responses-api"])
+def any_kind(request, fake_upstream):
+    """Every kind of channel, the native Responses one included: (key, upstream path)."""
+    kind = "openai" if request.param == "responses-api" else request.param
+    _, key, _ = routed(fake_upstream, kind=kind, responses_api=request.param == "responses-api")
+    path = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}.get(
+        request.param, "/v1/responses"
+    )
+    return key, path
+
+
 def test_a_response_is_converted_and_billed(live_server, fake_upstream, converted):
     token, key, channel, path = converted
     fake_upstream.configure(prompt_tokens=20, cached_tokens=8)
@@ -84,8 +95,8 @@ def test_a_streamed_response_is_converted(live_server, fake_upstream, converted)
     assert (record.status, record.stream, record.completion_tokens) == ("success", True, 5)
 
 
-def test_a_function_tool_round_trip(live_server, fake_upstream, converted):
-    _, key, _, path = converted
+def test_a_function_tool_round_trip(live_server, fake_upstream, any_kind):
+    key, path = any_kind
     client = sdk(live_server, key)
     fake_upstream.configure(tool_calls=WEATHER_CALL)
     first = ask(client, tools=TOOLS, input="Weather in Paris?")
@@ -113,7 +124,14 @@ def test_a_function_tool_round_trip(live_server, fake_upstream, converted):
     )
     assert second.output_text == "Hello from the fake upstream."
     sent = fake_upstream.last_json()
-    if path == "/v1/messages":
+    assert fake_upstream.requests[-1].path == path
+    if path == "/v1/responses":  # passed through as the client wrote it
+        assert sent["input"][2] == {
+            "type": "function_call_output",
+            "call_id": "call_1",
+            "output": "Sunny",
+        }
+    elif path == "/v1/messages":
         assert sent["messages"][1]["content"][0]["type"] == "tool_use"
         result = sent["messages"][2]["content"][0]
         assert (result["type"], result["tool_use_id"]) == ("tool_result", "call_1")
@@ -122,8 +140,8 @@ def test_a_function_tool_round_trip(live_server, fake_upstream, converted):
         assert sent["messages"][2] == {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"}
 
 
-def test_a_streamed_tool_call(live_server, fake_upstream, converted):
-    _, key, _, _ = converted
+def test_a_streamed_tool_call(live_server, fake_upstream, any_kind):
+    key, _ = any_kind
     fake_upstream.configure(tool_calls=WEATHER_CALL)
     with sdk(live_server, key).responses.stream(
         model="gpt-4o-mini", input="Weather?", tools=TOOLS
