@@ -47,6 +47,9 @@ FakeUpstream
     (`input` the dict; streamed as two input_json_delta events), stop_reason "tool_use";
     Responses -> `function_call` items (id "fc_fake_<i>", call_id the configured id; streamed
     as two function_call_arguments.delta events).
+  - `tool_calls_until_result=True`: with `tool_calls`, answer a request that already carries a
+    tool result (a chat `tool` message, an Anthropic `tool_result` block, a Responses
+    `function_call_output`) with the text instead: one agent round trip.
   - `text_with_tools=True`: with `tool_calls`, the text (`chunks`, when not empty) comes first,
     then the calls.
   - `interleave_tools=True`: in a chat stream, the fragments of the tool calls alternate
@@ -156,6 +159,7 @@ DEFAULTS = {
     "chunks": ["Hello", " from", " the", " fake", " upstream."],
     "thinking": None,
     "tool_calls": None,
+    "tool_calls_until_result": False,
     "text_with_tools": False,
     "interleave_tools": False,
     "stop_reason": None,
@@ -280,6 +284,24 @@ class FakeUpstream:
         return b["fail_times"] is None or served <= b["fail_times"]
 
 
+def _has_tool_result(body: dict) -> bool:
+    """Whether a request carries a tool's result (chat, Messages or Responses)."""
+    for item in [*(body.get("messages") or []), *(body.get("input") or [])]:
+        if not isinstance(item, dict):
+            continue
+        if item.get("role") == "tool" or item.get("type") in (
+            "function_call_output",
+            "custom_tool_call_output",
+        ):
+            return True
+        content = item.get("content")
+        if isinstance(content, list) and any(
+            isinstance(part, dict) and part.get("type") == "tool_result" for part in content
+        ):
+            return True
+    return False
+
+
 def _halves(text: str) -> list[str]:
     """`text` in two pieces (one when it is a single character, none when empty)."""
     if len(text) < 2:
@@ -319,9 +341,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # keep test output quiet
         pass
 
+    _b = None  # this request's behaviour, when it differs from the configured one
+
     @property
     def b(self) -> dict:
-        return self.upstream.behaviour
+        return self._b or self.upstream.behaviour
 
     # --- plumbing ---
     def _read_json(self):
@@ -394,6 +418,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"object": "list", "data": data})
 
     def do_POST(self):
+        self._b = None  # a kept-alive connection serves several requests with one handler
         body = self._read_json()
         self._record(body)
         up = self.upstream
@@ -424,6 +449,8 @@ class _Handler(BaseHTTPRequestHandler):
         if kind is None:
             error(404, "no such path")
             return
+        if b["tool_calls_until_result"] and _has_tool_result(body):
+            self._b = dict(b, tool_calls=None)  # the agent ran the tool: now answer in text
         if anthropic:
             problem = self._anthropic_problem(kind, body)
             if problem:

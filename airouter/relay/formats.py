@@ -210,6 +210,9 @@ class Embeddings(Chat):
         return 0
 
 
+ROLES = ("user", "assistant", "system")
+
+
 class Messages(ClientFormat):
     """Anthropic's Messages API."""
 
@@ -226,7 +229,8 @@ class Messages(ClientFormat):
         if not isinstance(messages, list) or not messages:
             raise bad_request("messages: expected a non-empty array of messages", "messages")
         for n, message in enumerate(messages):
-            if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            # "system" mid-conversation: Anthropic's beta that Claude Code uses
+            if not isinstance(message, dict) or message.get("role") not in ROLES:
                 raise bad_request(
                     f"messages.{n}: expected an object with role 'user' or 'assistant'",
                     "messages",

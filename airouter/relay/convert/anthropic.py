@@ -65,6 +65,7 @@ Streams: `ChatToMessagesStream` (OpenAI chunks in, Anthropic events out) and
 `MessagesToChatStream` (Anthropic events in, OpenAI chunks out); see their docstrings.
 """
 
+import hashlib
 import json
 import math
 import re
@@ -320,6 +321,10 @@ def messages_request_to_chat(body: dict) -> dict:
             _user_turn_to_chat(message.get("content"), messages)
         elif role == "assistant":
             _assistant_turn_to_chat(message.get("content"), messages)
+        elif role == "system":  # a system message mid-conversation (Claude Code sends them)
+            text = "\n\n".join(_texts(message.get("content")))
+            if text:
+                messages.append({"role": "system", "content": text})
     if len(messages) == (1 if system else 0):
         raise ConversionError("messages: at least one message is required.", "messages")
 
@@ -338,7 +343,10 @@ def messages_request_to_chat(body: dict) -> dict:
         out["stop"] = stop[:MAX_OPENAI_STOP]
     user_id = _str(_dict(body.get("metadata")).get("user_id"))
     if user_id:
-        out["user"] = user_id
+        # OpenAI takes at most 64 characters; Claude Code sends a longer JSON string.
+        out["user"] = (
+            user_id if len(user_id) <= 64 else hashlib.sha256(user_id.encode()).hexdigest()
+        )
     if body.get("stream") is True:
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}
