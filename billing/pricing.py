@@ -78,18 +78,6 @@ def hold_amount(prompt_limit: int, completion_limit: int, priced) -> Decimal:
     )
 
 
-def cost(
-    prompt_tokens: int,
-    completion_tokens: int,
-    input_rate: Decimal,
-    output_rate: Decimal,
-    multiplier: Decimal,
-) -> Decimal:
-    """The cost of plain (uncached) prompt and completion tokens."""
-    raw = (prompt_tokens * input_rate + completion_tokens * output_rate) / PER_TOKENS * multiplier
-    return raw.quantize(QUANTUM, rounding=ROUND_HALF_UP)
-
-
 def money(amount: Decimal) -> str:
     """0.0012500000 -> '0.00125', 1E+3 -> '1000': never scientific notation. The one way
     amounts and rates are written for people."""

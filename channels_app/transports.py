@@ -153,7 +153,11 @@ class Transport:
             return Outcome.FAILURE, f"HTTP {status}: a body encoded as {encoding} (not asked for)"
         if status != 200:
             return Outcome.FAILURE, f"HTTP {status}: not an answer"
-        if stream and "event-stream" in result.content_type:
+        if stream and "event-stream" not in result.content_type:
+            return Outcome.FAILURE, "a stream request answered without an event stream: " + (
+                upstream.describe(status, data, key)
+            )
+        if stream:
             if not data:
                 return Outcome.FAILURE, "the stream ended before any data"
             if data.lstrip().startswith(STREAM_ERROR_STARTS):
@@ -164,10 +168,7 @@ class Transport:
         marker = ANSWER_KEYS.get(endpoint, b"")
         body = data.strip()
         if not (body.startswith(b"{") and body.endswith(b"}") and marker in body):
-            what = "a stream request answered without an event stream: " if stream else ""
-            return Outcome.FAILURE, f"{what}not a valid answer: " + upstream.describe(
-                status, data, key
-            )
+            return Outcome.FAILURE, "not a valid answer: " + upstream.describe(status, data, key)
         return None
 
 

@@ -618,7 +618,7 @@ CHAT_OF_ANTHROPIC_USAGE = {
     "prompt_tokens": 130,
     "completion_tokens": 5,
     "total_tokens": 135,
-    "prompt_tokens_details": {"cached_tokens": 100},
+    "prompt_tokens_details": {"cached_tokens": 100, "cache_write_tokens": 20},
     "completion_tokens_details": {"reasoning_tokens": 0},
 }
 
@@ -1245,7 +1245,7 @@ def test_messages_to_chat_stream():
                 "prompt_tokens": 130,
                 "completion_tokens": 42,
                 "total_tokens": 172,
-                "prompt_tokens_details": {"cached_tokens": 100},
+                "prompt_tokens_details": {"cached_tokens": 100, "cache_write_tokens": 20},
                 "completion_tokens_details": {"reasoning_tokens": 0},
             },
         },

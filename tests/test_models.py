@@ -6,7 +6,7 @@ from django.apps import apps
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError
 
-from billing.pricing import cost
+from billing.pricing import Rates, Usage, hold_amount, usage_cost
 from channels_app import keystore
 from groups.models import Group
 from tests.factories import make_channel, make_group, make_token
@@ -71,4 +71,21 @@ def test_a_user_cannot_point_a_token_at_a_group_they_may_not_use(alice):
 
 
 def test_cost_uses_rates_per_million_and_the_multiplier():
-    assert cost(1000, 500, Decimal("2"), Decimal("8"), Decimal("1.5")) == Decimal("0.009")
+    rates = Rates.of(Decimal("2"), Decimal("8"))
+    usage = Usage(input_tokens=1000, output_tokens=500)
+    assert usage_cost(usage, rates, Decimal("1.5")) == Decimal("0.009")
+
+
+def test_cached_and_written_tokens_have_their_own_rates():
+    rates = Rates.of(Decimal("3"), Decimal("15"), Decimal("0.3"), Decimal("3.75"))
+    usage = Usage(input_tokens=1000, output_tokens=100, cached_tokens=600, cache_write_tokens=300)
+    # (100 x 3 + 600 x 0.3 + 300 x 3.75 + 100 x 15) / 1M
+    assert usage_cost(usage, rates, Decimal("1")) == Decimal("0.003105")
+    assert Rates.of(Decimal("3"), Decimal("15")).cached_input == Decimal("3")  # unset: input
+
+
+def test_the_hold_takes_the_dearest_input_rate_of_the_dearest_attempt():
+    cheap = (Rates.of(Decimal("1"), Decimal("2")), Decimal("1"))
+    writes = (Rates.of(Decimal("3"), Decimal("15"), Decimal("0.3"), Decimal("3.75")), Decimal("2"))
+    # (1000 x 3.75 + 100 x 15) / 1M x 2
+    assert hold_amount(1000, 100, [cheap, writes]) == Decimal("0.0105")

@@ -207,18 +207,19 @@ def test_a_client_disconnect_on_a_responses_stream_is_billed(live_server, fake_u
     assert record.prompt_tokens > 0 and record.cost > 0  # billed for what was sent
 
 
-def test_previous_response_id_is_refused_with_a_clear_400(live_server, fake_upstream, converted):
-    _, key, _, _ = converted
+@pytest.mark.parametrize("field", ["previous_response_id", "conversation", "prompt"])
+def test_stored_state_is_refused_with_a_clear_400(live_server, fake_upstream, any_kind, field):
+    key, _ = any_kind  # even a --responses-api channel: a failover could not follow it
     response = post(
         live_server,
         "/v1/responses",
         key,
-        json={"model": "gpt-4o-mini", "input": "Hi", "previous_response_id": "resp_1"},
+        json={"model": "gpt-4o-mini", "input": "Hi", field: "resp_1"},
     )
     assert response.status_code == 400
-    assert response.json()["error"]["param"] == "previous_response_id"
-    assert fake_upstream.requests == []
-    assert UsageRecord.objects.get().cost == 0
+    assert response.json()["error"]["param"] == field
+    assert "Send the whole conversation" in response.json()["error"]["message"]
+    assert fake_upstream.requests == [] and not UsageRecord.objects.exists()
 
 
 @pytest.mark.parametrize(

@@ -42,8 +42,12 @@ def bridge(client: str, channel) -> Bridge:
 
 
 def dumps(body: dict) -> bytes:
-    # ensure_ascii (the default) escapes lone surrogates too, so any parsed body encodes.
-    return json.dumps(body, separators=(",", ":")).encode()
+    """Compact JSON in UTF-8 (CJK stays 3 bytes a character, not a 6-byte escape); a body
+    holding a lone surrogate (valid JSON, not UTF-8) is written with escapes instead."""
+    try:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        return json.dumps(body, separators=(",", ":")).encode()
 
 
 def request_body(b: Bridge, body: dict, stream: bool) -> dict:
@@ -107,10 +111,6 @@ class StreamConverter:
     def upstream_done(self) -> bool:
         """Whether the upstream's own end event (message_stop) came."""
         return getattr(self.first, "done", False)
-
-    @property
-    def upstream_error(self):
-        return getattr(self.first, "error", None)
 
     def feed(self, event: dict) -> list:
         out = self.first.feed(event) if self.first else [event]

@@ -11,11 +11,13 @@ import json
 from django.conf import settings
 
 from airouter.relay.errors import bad_request
+from airouter.relay.usage import MAX_TOKENS
 
-MEDIA_PART_TOKENS = 2000  # held for one image, audio or document part, whatever its size
-MEDIA_TYPES = frozenset(
-    {"image_url", "input_audio", "image", "document", "input_image", "input_file", "file"}
-)
+MEDIA_PART_TOKENS = 2000  # held for one image or audio part, whatever its size
+# Parts held at MEDIA_PART_TOKENS. Documents and files are not among them: a text or PDF
+# document may hold any number of tokens, so its bytes count like text.
+MEDIA_TYPES = frozenset({"image_url", "input_audio", "image", "input_image"})
+MAX_CHOICES = 128  # OpenAI's own limit of n
 # Keys whose strings are not text a model reads or writes (for text_chars).
 SKIP_KEYS = frozenset(
     {
@@ -71,15 +73,16 @@ def _type(body: dict, name: str, types: tuple, what: str) -> None:
         raise bad_request(f"Invalid type for '{name}': expected {what}.", name)
 
 
-def _count(body: dict, name: str, minimum: int, *, required=False) -> None:
+def _count(body: dict, name: str, maximum: int = MAX_TOKENS, *, required=False) -> None:
+    """A positive whole number up to `maximum` (more than any model takes: a bigger one would
+    only overflow the hold's arithmetic)."""
     value = body.get(name)
     if value is None:
         if required:
             raise bad_request(f"Missing required parameter: '{name}'.", name)
         return
-    if type(value) is not int or value < minimum:
-        what = "a non-negative integer" if minimum == 0 else "a positive integer"
-        raise bad_request(f"Invalid '{name}': expected {what}.", name)
+    if type(value) is not int or not 1 <= value <= maximum:
+        raise bad_request(f"Invalid '{name}': expected an integer from 1 to {maximum}.", name)
 
 
 def _stream_flag(body: dict) -> None:
@@ -176,9 +179,9 @@ class Chat(ClientFormat):
             )
         _type(body, "stream_options", (dict,), "an object")
         for name in ("max_tokens", "max_completion_tokens"):
-            _count(body, name, 0)
+            _count(body, name)
         for name in ("n", "best_of"):
-            _count(body, name, 1)
+            _count(body, name, MAX_CHOICES)
 
     def completion_bound(self, body):
         """The per-choice limit times the choices generated (`n`, or `best_of` on
@@ -222,7 +225,7 @@ class Messages(ClientFormat):
 
     def validate(self, body):
         if self.requires_max_tokens:
-            _count(body, "max_tokens", 1, required=True)
+            _count(body, "max_tokens", required=True)
         messages = body.get("messages")
         if messages is None:
             raise bad_request("messages: Field required", "messages")
@@ -260,6 +263,9 @@ class CountTokens(Messages):
         return 0
 
 
+STORED_STATE = ("previous_response_id", "conversation", "prompt")
+
+
 class Responses(ClientFormat):
     """OpenAI's Responses API."""
 
@@ -275,7 +281,15 @@ class Responses(ClientFormat):
         _type(body, "tools", (list,), "an array")
         _type(body, "reasoning", (dict,), "an object")
         _type(body, "text", (dict,), "an object")
-        _count(body, "max_output_tokens", 1)
+        _count(body, "max_output_tokens")
+        for name in STORED_STATE:
+            if body.get(name) is not None:
+                raise bad_request(
+                    f"'{name}' is not supported: the router keeps no conversations or prompts "
+                    "(upstreams it may fail over to would not know them, and the hold could not "
+                    "bound them). Send the whole conversation in 'input', with store: false.",
+                    name,
+                )
 
     def completion_bound(self, body):
         return body.get("max_output_tokens") or settings.RELAY_DEFAULT_MAX_TOKENS

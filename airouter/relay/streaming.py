@@ -27,13 +27,16 @@ from airouter.relay.convert.responses import failed_response
 from airouter.relay.errors import anthropic_envelope, envelope
 from airouter.relay.formats import text_chars
 from billing.models import UsageRecord
+from billing.pricing import estimate_tokens
 from channels_app import health, upstream
 from channels_app.models import Channel
 
 logger = logging.getLogger(__name__)
 
 USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
-MAX_PENDING = 1 << 20  # an "event" this long without a boundary is passed on as it is
+# An "event" this long without a boundary is passed on as it is. Responses streams repeat the
+# whole answer in one event (response.completed), generated images are megabytes of base64.
+MAX_PENDING = 32 << 20
 KEEP_FOR_ESTIMATE = 4 << 20  # characters counted to estimate tokens if no usage comes
 DONE = b"data: [DONE]\n\n"
 # The end of an OpenAI chat stream; SSE makes the space after the colon optional.
@@ -269,9 +272,14 @@ class EventStream:
 
     def _settle(self, status, error):
         try:
-            self.exchange.settle(
-                status, 200, usage=self.usage(), output_chars=self.output_chars(), error=error
-            )
+            usage, chars = self.usage(), 0
+            if usage is None or not self.finished:
+                # No usage, or a stream cut before its final usage (Anthropic's message_start
+                # already reports 1 output token): the generated text counts, if it says more.
+                chars = self.output_chars()
+                if usage is not None and chars:
+                    usage.output_tokens = max(usage.output_tokens, estimate_tokens(chars))
+            self.exchange.settle(status, 200, usage=usage, output_chars=chars, error=error)
         except Exception:
             logger.exception("Could not settle stream %s", self.exchange.request_id)
 
@@ -293,20 +301,18 @@ class PassthroughStream(EventStream):
             out = self._take_usage(out)
         if self.swap and out:
             out = swap_model(out, self.swap)
-        if self.raw_usage is None and self.kept_bytes < KEEP_FOR_ESTIMATE:
+        if self.kept_bytes < KEEP_FOR_ESTIMATE:  # parsed only if the usage is missing or cut
             self.kept.append(out)
             self.kept_bytes += len(out)
         endpoint = self.client
         if ends_stream(endpoint, out):
             self.finished = True
-        if endpoint not in CHAT_FORMATS and b"error" in out:
+        if b"error" in out:
             self._note_error(out)
         return out
 
     def output_chars(self) -> int:
-        """Generated characters in what went out (parsed only when no usage came)."""
-        if self.raw_usage is not None:
-            return 0
+        """Generated characters in what went out."""
         total = 0
         for chunk in self.kept:
             for line in chunk.split(b"\n"):
@@ -318,9 +324,14 @@ class PassthroughStream(EventStream):
         return total
 
     def _note_error(self, out: bytes) -> None:
+        """An error the upstream reported in band (the client sees it as the upstream said it)."""
+        if self.client in CHAT_FORMATS:
+            if b'data: {"error"' in out or b'data:{"error"' in out:
+                self.failed = "an error event"
+            return
         names = {name.decode() for name in EVENT_LINE.findall(out)}
         if "error" in names or "response.failed" in names:
-            self.failed = "see the stream"
+            self.failed = "an error event"
 
     def _take_usage(self, out: bytes) -> bytes:
         """Keep the usage these events report; drop chat usage-only events not asked for."""

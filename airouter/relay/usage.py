@@ -37,10 +37,15 @@ def from_chat(usage) -> Usage | None:
     prompt = count(usage.get("prompt_tokens"))
     if prompt is None:
         return None
+    cached = min(prompt, _detail(usage, "prompt_tokens_details", "cached_tokens"))
     return Usage(
         input_tokens=prompt,
         output_tokens=count(usage.get("completion_tokens")) or 0,
-        cached_tokens=min(prompt, _detail(usage, "prompt_tokens_details", "cached_tokens")),
+        cached_tokens=cached,
+        # OpenAI-compatible proxies of prompt-caching models report the writes here
+        cache_write_tokens=min(
+            prompt - cached, _detail(usage, "prompt_tokens_details", "cache_write_tokens")
+        ),
         reasoning_tokens=_detail(usage, "completion_tokens_details", "reasoning_tokens"),
     )
 
@@ -50,7 +55,10 @@ def to_chat(usage: Usage) -> dict:
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
         "total_tokens": usage.input_tokens + usage.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "prompt_tokens_details": {
+            "cached_tokens": usage.cached_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+        },
         "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
     }
 

@@ -20,7 +20,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
 from airouter.relay import bridges
-from airouter.relay.convert.anthropic import ConversionError
+from airouter.relay.convert import ConversionError
 from airouter.relay.errors import (
     RelayError,
     bad_request,
@@ -280,11 +280,8 @@ class UpstreamBodies:
                 options = dict(body.get("stream_options") or {}, include_usage=True)
                 changed["stream_options"] = options
             return bridges.dumps(changed)
-        if b not in self.converted:
-            try:
-                self.converted[b] = bridges.request_body(b, body, stream)
-            except ConversionError as exc:
-                raise bad_request(exc.message, exc.param) from None
+        if b not in self.converted:  # ConversionError: this channel cannot serve the request
+            self.converted[b] = bridges.request_body(b, body, stream)
         return bridges.dumps(dict(self.converted[b], model=upstream_model))
 
 
@@ -301,13 +298,18 @@ def forward(exchange: Exchange, request, raw: bytes, attempts: list):
     headers = client_headers(request, fmt_endpoint)
     query = request.META.get("QUERY_STRING", "")
     last_status, last_error = 502, ""
+    unconvertible = None  # why the request could not be converted for some channel
     for attempt in attempts:
         channel = attempt.channel
-        exchange.attempts += 1
-        exchange.attempt = attempt
         b = bridges.bridge(fmt_endpoint, channel)
         upstream_model = channel.upstream_model(model)
-        payload = bodies.get(b, upstream_model)
+        try:
+            payload = bodies.get(b, upstream_model)
+        except ConversionError as exc:  # another channel (another format) may serve it
+            unconvertible = exc
+            continue
+        exchange.attempts += 1
+        exchange.attempt = attempt
         label = f"channel {channel.name}" if expose else f"attempt {exchange.attempts}"
         release_db_connection()  # also after a health note between attempts
         result = transports.transport(channel).send(
@@ -329,6 +331,9 @@ def forward(exchange: Exchange, request, raw: bytes, attempts: list):
             return served(stream_response(exchange, b, result, upstream_model), attempt, expose)
         return served(whole_answer(exchange, b, result, upstream_model), attempt, expose)
 
+    if not exchange.attempts and unconvertible is not None:
+        exchange.settle(UsageRecord.Status.UPSTREAM_ERROR, 400, error=unconvertible.message)
+        raise bad_request(unconvertible.message, unconvertible.param)
     exchange.settle(UsageRecord.Status.UPSTREAM_ERROR, last_status, error=last_error)
     tried = exchange.attempts
     raise RelayError(
@@ -358,7 +363,10 @@ def refused(exchange, b, result, attempt, expose):
 def whole_answer(exchange, b, result, upstream_model):
     data = result.data
     if b.native:
-        usage = bridges.read_usage(b.upstream, find_usage(data))
+        # Responses answers repeat request fields after usage (metadata may hold anything):
+        # parsed whole; chat and Messages answers end with their usage.
+        found = _answer_json(data).get("usage") if b.upstream == "responses" else find_usage(data)
+        usage = bridges.read_usage(b.upstream, found)
         swap = model_swap(upstream_model, exchange.model)
         output_chars = text_chars(_answer_json(data)) if usage is None else 0
         exchange.settle(UsageRecord.Status.SUCCESS, 200, usage=usage, output_chars=output_chars)
@@ -369,16 +377,7 @@ def whole_answer(exchange, b, result, upstream_model):
         )
     parsed = _answer_json(data)
     usage = bridges.read_usage(b.upstream, parsed.get("usage"))
-    try:
-        converted = bridges.answer(b, parsed, exchange.model, exchange.body, exchange.request_id)
-    except ConversionError as exc:
-        exchange.settle(UsageRecord.Status.SUCCESS, 200, usage=usage, error=exc.message)
-        raise RelayError(
-            502,
-            f"The upstream's answer could not be converted: {exc.message}",
-            type="upstream_error",
-            code="upstream_error",
-        ) from None
+    converted = bridges.answer(b, parsed, exchange.model, exchange.body, exchange.request_id)
     output_chars = text_chars(parsed) if usage is None else 0
     exchange.settle(UsageRecord.Status.SUCCESS, 200, usage=usage, output_chars=output_chars)
     return json_response(200, converted)
@@ -475,14 +474,13 @@ def find_usage(data: bytes) -> dict | None:
     at = data.rfind(b'"usage"')
     while at >= 0:
         rest = data[at + 7 :].lstrip()
-        if rest.startswith(b":"):
-            rest = rest[1:].lstrip()
-            if rest.startswith(b"{"):
-                try:
-                    usage, _ = _DECODER.raw_decode(rest.decode())
-                except ValueError:
-                    return None
-                return usage if isinstance(usage, dict) else None
-            return None
+        if rest.startswith(b":") and rest[1:].lstrip().startswith(b"{"):
+            try:
+                usage, _ = _DECODER.raw_decode(rest[1:].lstrip().decode())
+            except ValueError:
+                usage = None
+            if isinstance(usage, dict):
+                return usage
+        # a key of some other object (Responses' metadata follows usage): look further back
         at = data.rfind(b'"usage"', 0, at)
     return None

@@ -75,6 +75,7 @@ from collections import deque
 from types import MappingProxyType
 
 from airouter.relay import usage as usage_io
+from airouter.relay.convert import ConversionError
 from billing.pricing import Usage
 
 _EMPTY = MappingProxyType({})
@@ -101,15 +102,6 @@ TO_MESSAGES_STOP = {
     "function_call": "tool_use",
     "content_filter": "refusal",
 }
-
-
-class ConversionError(Exception):
-    """A request that cannot be converted; `param` names the offending field."""
-
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.param = param
 
 
 # ---------------------------------------------------------------------------- small readers
@@ -325,7 +317,7 @@ def messages_request_to_chat(body: dict) -> dict:
             text = "\n\n".join(_texts(message.get("content")))
             if text:
                 messages.append({"role": "system", "content": text})
-    if len(messages) == (1 if system else 0):
+    if all(message["role"] == "system" for message in messages):
         raise ConversionError("messages: at least one message is required.", "messages")
 
     model = body.get("model")

@@ -51,7 +51,7 @@ Dropped from the answer: logprobs, annotations, audio, choices after the first,
 import json
 import time
 
-from airouter.relay.convert.anthropic import ConversionError
+from airouter.relay.convert import ConversionError
 from airouter.relay.usage import from_chat, to_responses
 from billing.pricing import Usage
 
