@@ -7,7 +7,7 @@ BIND ?= 127.0.0.1:8000
 export BIND
 ADDR = $(subst 0.0.0.0,127.0.0.1,$(BIND))
 
-.PHONY: run test lint venv bench clean chromium
+.PHONY: run test lint venv bench agents clean chromium
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ bench: venv
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=120 wrk \
 		>/dev/null; } || echo "wrk not installed: the Python load generator is used"
 	$(PY) bench/run.py
+
+# Claude Code and Codex CLI through the router against fake upstreams (README, "Coding agents").
+# Installs both CLIs from npm into .agents/ on first use (about 400 MB); not part of `make test`.
+agents: venv
+	$(PY) scripts/try_agents.py
 
 clean:
 	rm -rf $(VENV) staticfiles db.sqlite3

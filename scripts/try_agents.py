@@ -99,6 +99,8 @@ def run_claude(base: str, key: str, model: str, work: Path) -> bool:
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",  # else it calls api.anthropic.com
         "CLAUDE_CODE_MAX_RETRIES": "1",
     }
+    if not model.startswith("claude"):
+        env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = "16000"  # what an OpenAI model can write
     argv = [
         cli("claude"),
         "-p",
