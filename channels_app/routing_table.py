@@ -69,7 +69,6 @@ class ChannelEntry:
 @dataclass(frozen=True, slots=True)
 class Table:
     groups: dict  # id -> GroupEntry
-    channels: dict  # id -> ChannelEntry
     channels_by_group: dict  # group id -> [ChannelEntry], every channel of the group
     auto_groups: tuple  # active groups with an auto_priority, in that order
     loaded_at: float
@@ -141,7 +140,6 @@ def load(loaded_at: float = 0.0) -> Table:
         prices.setdefault(price.channel_id, {})[price.model] = Rates.of(
             price.input_price, price.output_price, price.cached_input_price, price.cache_write_price
         )
-    channels = {}
     channels_by_group: dict[int, list] = {gid: [] for gid in groups}
     for ch in Channel.objects.all():
         try:
@@ -170,7 +168,6 @@ def load(loaded_at: float = 0.0) -> Table:
             group_ids=frozenset(group_ids.get(ch.id, ())),
             last_error=ch.last_error,
         )
-        channels[ch.id] = entry
         for gid in entry.group_ids:
             channels_by_group.setdefault(gid, []).append(entry)
     auto_groups = tuple(
@@ -179,7 +176,7 @@ def load(loaded_at: float = 0.0) -> Table:
             key=lambda g: (g.auto_priority, g.name),
         )
     )
-    return Table(groups, channels, channels_by_group, auto_groups, loaded_at)
+    return Table(groups, channels_by_group, auto_groups, loaded_at)
 
 
 _SOURCES = (Group, Channel, ModelPrice)

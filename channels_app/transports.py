@@ -73,6 +73,8 @@ class Result:
 class Transport:
     """The shared send-and-judge logic; subclasses give the headers of their kind."""
 
+    counts_tokens = False  # whether the upstream answers messages/count_tokens
+
     def __init__(self, channel):
         self.channel = channel  # a routing-table ChannelEntry or a Channel model
 
@@ -180,6 +182,8 @@ class OpenAITransport(Transport):
 class AnthropicTransport(Transport):
     """`x-api-key` and `anthropic-version` (never Authorization). A client that speaks
     Messages itself has its own `anthropic-version` and `anthropic-beta` passed on."""
+
+    counts_tokens = True
 
     def headers(self, key: str, client_headers) -> dict:
         headers = {

@@ -39,3 +39,12 @@ def make_channel(name="ch-a", groups=(), key="sk-upstream-secret", **kw):
 def make_token(owner, group_name=None, **kw):
     """Return (token, key)."""
     return create_token(owner, group_name=group_name, **kw)
+
+
+def table_entry(channel):
+    """The routing table's entry for a channel (the relay routes and bills from it); the
+    channel must serve a group."""
+    from channels_app.routing_table import get_table
+
+    entries = get_table().channels_by_group.values()
+    return next(entry for group in entries for entry in group if entry.id == channel.pk)

@@ -11,10 +11,9 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from billing.models import UsageRecord
-from channels_app import routing_table
 from channels_app.models import Channel
 from groups.models import Group, User
-from tests.factories import make_channel, make_group, make_token, make_user
+from tests.factories import make_channel, make_group, make_token, make_user, table_entry
 from tokens.models import Token, hash_key
 
 pytestmark = pytest.mark.django_db
@@ -327,7 +326,8 @@ def test_channel_form_rejects_a_bad_model_map_without_echoing_the_key(admin_clie
 
 
 def test_channel_per_model_price_inline(admin_client):
-    channel = make_channel("up-1")
+    pro = make_group("pro")
+    channel = make_channel("up-1", groups=[pro])
     url = reverse("admin:channels_app_channel_change", args=[channel.pk])
     data = channel_form(
         **{
@@ -335,11 +335,12 @@ def test_channel_per_model_price_inline(admin_client):
             "model_prices-0-model": "gpt-4o",
             "model_prices-0-input_price": "2.5",
             "model_prices-0-output_price": "10",
-        }
+        },
+        groups=[pro.pk],
     )
     response = admin_client.post(url, data)
     assert response.status_code == 302, response.content.decode()[:3000]
-    entry = routing_table.get_table().channels[channel.pk]  # what the relay bills from
+    entry = table_entry(channel)  # what the relay bills from
     assert _pair(entry.rates("gpt-4o")) == (Decimal("2.5"), Decimal("10"))
 
 

@@ -8,10 +8,9 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils.timezone import now
 
-from channels_app import routing_table
 from channels_app.models import Channel, ModelPrice
 from groups.models import Group
-from tests.factories import make_channel, make_group, make_token, make_user
+from tests.factories import make_channel, make_group, make_token, make_user, table_entry
 from tokens.models import Token
 
 pytestmark = pytest.mark.django_db
@@ -83,6 +82,7 @@ def test_channel_timeouts_must_be_positive_and_weight_not_negative():
 def test_channel_maps_model_names_and_prices_per_model():
     channel = make_channel(
         "c",
+        groups=[make_group("pro")],
         model_names="gpt-4o\ngpt-4o-mini",
         model_map={"gpt-4o": "gpt-4o-2024-08-06"},
         input_price=Decimal("1"),
@@ -92,7 +92,7 @@ def test_channel_maps_model_names_and_prices_per_model():
     assert channel.model_list == ["gpt-4o", "gpt-4o-mini"]
     assert channel.upstream_model("gpt-4o") == "gpt-4o-2024-08-06"
     assert channel.upstream_model("gpt-4o-mini") == "gpt-4o-mini"
-    entry = routing_table.get_table().channels[channel.pk]  # what the relay bills from
+    entry = table_entry(channel)  # what the relay bills from
     assert _pair(entry.rates("gpt-4o")) == (Decimal("5"), Decimal("15"))
     assert _pair(entry.rates("gpt-4o-mini")) == (Decimal("1"), Decimal("2"))
 

@@ -233,6 +233,16 @@ def test_count_tokens_asks_an_anthropic_channel_and_costs_nothing(live_server, f
     assert token.owner.balance == Decimal("100")
 
 
+def test_count_tokens_passes_back_what_an_anthropic_channel_refuses(live_server, fake_upstream):
+    _, key, _ = anthropic_routed(fake_upstream)
+    fake_upstream.configure(status=400, error_message="messages.0: bad block")
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        claude(live_server, key).messages.count_tokens(
+            model=MODEL, messages=[{"role": "user", "content": "Hi"}]
+        )
+    assert caught.value.body["error"]["message"] == "messages.0: bad block"
+
+
 def test_count_tokens_is_estimated_for_an_openai_channel(live_server, fake_upstream):
     _, key, _ = routed(fake_upstream, model_names=MODEL)
     counted = claude(live_server, key).messages.count_tokens(

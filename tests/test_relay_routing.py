@@ -11,9 +11,9 @@ import pytest
 from django.core.management import call_command
 
 from billing.models import UsageRecord
-from channels_app import routing, routing_table
+from channels_app import routing
 from channels_app.models import Channel
-from tests.factories import make_channel, make_group, make_token, make_user
+from tests.factories import make_channel, make_group, make_token, make_user, table_entry
 from tests.relay_setup import chat, sdk, stream_post
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -286,7 +286,7 @@ def test_the_table_holds_decrypted_keys_and_prices(db):
     group = make_group("pro")
     channel = make_channel("ch", groups=[group], key="sk-up-1", input_price=Decimal("3"))
     channel.model_prices.create(model="gpt-4o-mini", input_price=5, output_price=7)
-    entry = routing_table.get_table().channels[channel.pk]
+    entry = table_entry(channel)
     assert entry.key == "sk-up-1" and "sk-up-1" not in repr(entry)
     rates = entry.rates("gpt-4o-mini")
     assert (rates.input, rates.output) == (5, 7)

@@ -11,12 +11,10 @@ Conversions go through chat completions as the hub: a Responses request for an a
 channel is converted Responses -> chat -> Messages, and its answer back the same way.
 """
 
-import json
 from dataclasses import dataclass
 
 from django.conf import settings
 
-from airouter.relay import usage
 from airouter.relay.convert import anthropic, responses
 from channels_app.models import Channel
 
@@ -41,15 +39,6 @@ def bridge(client: str, channel) -> Bridge:
     return Bridge(client, client)
 
 
-def dumps(body: dict) -> bytes:
-    """Compact JSON in UTF-8 (CJK stays 3 bytes a character, not a 6-byte escape); a body
-    holding a lone surrogate (valid JSON, not UTF-8) is written with escapes instead."""
-    try:
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    except UnicodeEncodeError:
-        return json.dumps(body, separators=(",", ":")).encode()
-
-
 def request_body(b: Bridge, body: dict, stream: bool) -> dict:
     """The client's parsed body as the upstream endpoint wants it (model not mapped yet)."""
     if b.client == MESSAGES:
@@ -71,15 +60,6 @@ def answer(b: Bridge, data: dict, model: str, body: dict, request_id: str) -> di
     if b.client == RESPONSES:
         return responses.chat_response_to_responses(data, body, "resp_" + request_id)
     return data
-
-
-def read_usage(endpoint: str, data):
-    """The usage of a whole answer of the upstream endpoint's format."""
-    if endpoint == MESSAGES:
-        return usage.from_messages(data)
-    if endpoint == RESPONSES:
-        return usage.from_responses(data)
-    return usage.from_chat(data)
 
 
 class StreamConverter:

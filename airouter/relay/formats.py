@@ -1,16 +1,21 @@
-"""The client API formats: one object per /v1 endpoint a client can call.
+"""The API formats: one object per /v1 endpoint a client can call (and an upstream answer).
 
-A format parses and validates the client's body (a 400 in the client's own envelope for what
-the API would refuse), and gives the bounds the hold needs: an upper bound of the prompt's
-tokens and of the completion's. Usage reading, conversion and stream framing live in
-`usage`, `convert/` and `streaming`; the envelope in `errors`.
+A format knows its own wire format and nothing else: it parses and validates a client's body
+(a 400 in the client's own envelope for what the API would refuse), gives the bounds the hold
+needs (an upper bound of the prompt's tokens and of the completion's), reads usage from its
+answers and stream events, says which stream events end a stream, and writes events and the
+in-band failure event in its framing. Conversions between formats live in `convert/`, the
+loop that streams in `streaming`, the error envelopes in `errors`.
 """
 
 import json
+import re
 
 from django.conf import settings
 
-from airouter.relay.errors import bad_request
+from airouter.relay import usage
+from airouter.relay.convert.responses import failed_response
+from airouter.relay.errors import anthropic_envelope, bad_request, envelope
 from airouter.relay.usage import MAX_TOKENS
 
 MEDIA_PART_TOKENS = 2000  # held for one image or audio part, whatever its size
@@ -132,12 +137,58 @@ def text_chars(value, depth=0) -> int:
     return 0
 
 
+def dumps(body: dict) -> bytes:
+    """Compact JSON in UTF-8 (CJK stays 3 bytes a character, not a 6-byte escape); a body
+    holding a lone surrogate (valid JSON, not UTF-8) is written with escapes instead."""
+    try:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+EVENT_LINE = re.compile(rb"^event:\s*(\S+)", re.MULTILINE)
+DONE = b"data: [DONE]\n\n"
+
+
 class ClientFormat:
     """A client API. `endpoint` is its path below /v1 and the name the rest of the relay
     uses for it."""
 
     endpoint = ""
-    envelope = "openai"  # whose error envelope its errors use
+    read_usage = staticmethod(usage.from_chat)  # the usage object of a whole answer
+    # Stream events that end a stream of this format (the first one: how to name them).
+    final_events: tuple = (b"[DONE]",)
+    usage_only_events = True  # a usage-only chunk the client did not ask for is dropped
+
+    # --- streams: what the relay reads in them and how it writes them ---
+    def ends(self, out: bytes) -> bool:
+        """Whether these complete events hold the stream's final one."""
+        return b"[DONE]" in out and (b"data: [DONE]" in out or b"data:[DONE]" in out)
+
+    def stream_usage(self, payload: dict):
+        """The usage object a stream event carries, if any."""
+        found = payload.get("usage")
+        return found if isinstance(found, dict) else None
+
+    def merge_usage(self, running, found: dict) -> dict:
+        return found  # each report is the whole so far
+
+    def in_band_error(self, out: bytes) -> bool:
+        """Whether these events hold an error event the upstream sent mid-stream."""
+        return b'data: {"error"' in out or b'data:{"error"' in out
+
+    def frame(self, event: dict) -> bytes:
+        return b"data: " + dumps(event) + b"\n\n"
+
+    def end_of_stream(self) -> bytes:
+        """What follows the last converted event."""
+        return DONE
+
+    def failure_event(self, message: str, code: str, status: int, exchange) -> bytes:
+        """The event that ends a stream that failed after it started."""
+        body = envelope(message, code, code)
+        body["error"]["status"] = status
+        return self.frame(body) + DONE
 
     def parse(self, raw: bytes) -> dict:
         body = load_object(raw)
@@ -216,12 +267,52 @@ class Embeddings(Chat):
 ROLES = ("user", "assistant", "system")
 
 
-class Messages(ClientFormat):
+class NamedEvents(ClientFormat):
+    """Streams of `event: <type>` / `data: <json>` pairs (Anthropic's, Responses')."""
+
+    usage_only_events = False
+
+    def ends(self, out):
+        if not any(mark in out for mark in self.final_events):
+            return False
+        names = set(EVENT_LINE.findall(out))
+        return any(mark in names for mark in self.final_events) or any(
+            b'"type":"' + mark + b'"' in out or b'"type": "' + mark + b'"' in out
+            for mark in self.final_events
+        )
+
+    def in_band_error(self, out):
+        return bool(set(EVENT_LINE.findall(out)) & self.error_events)
+
+    def frame(self, event):
+        return b"event: " + event["type"].encode() + b"\ndata: " + dumps(event) + b"\n\n"
+
+    def end_of_stream(self):
+        return b""
+
+
+class Messages(NamedEvents):
     """Anthropic's Messages API."""
 
     endpoint = "messages"
-    envelope = "anthropic"
     requires_max_tokens = True
+    read_usage = staticmethod(usage.from_messages)
+    final_events = (b"message_stop",)
+    error_events = frozenset({b"error"})
+
+    def stream_usage(self, payload):
+        """message_start has the input counts (in its message), message_delta the output."""
+        message = payload.get("message")
+        found = message.get("usage") if isinstance(message, dict) else payload.get("usage")
+        return found if isinstance(found, dict) else None
+
+    def merge_usage(self, running, found):
+        return usage.merge_messages_event(running or {}, found)
+
+    def failure_event(self, message, code, status, exchange):
+        body = anthropic_envelope(status, message)
+        body["error"]["type"] = "overloaded_error" if status in (503, 529) else "api_error"
+        return b"event: error\ndata: " + dumps(body) + b"\n\n"
 
     def validate(self, body):
         if self.requires_max_tokens:
@@ -266,10 +357,23 @@ class CountTokens(Messages):
 STORED_STATE = ("previous_response_id", "conversation", "prompt")
 
 
-class Responses(ClientFormat):
+class Responses(NamedEvents):
     """OpenAI's Responses API."""
 
     endpoint = "responses"
+    read_usage = staticmethod(usage.from_responses)
+    final_events = (b"response.completed", b"response.incomplete", b"response.failed")
+    error_events = frozenset({b"error", b"response.failed"})
+
+    def stream_usage(self, payload):
+        """The final event's response object has it."""
+        response = payload.get("response")
+        found = response.get("usage") if isinstance(response, dict) else None
+        return found if isinstance(found, dict) else None
+
+    def failure_event(self, message, code, status, exchange):
+        response = failed_response(exchange.body, "resp_" + exchange.request_id, message, code)
+        return self.frame({"type": "response.failed", "sequence_number": 0, "response": response})
 
     def validate(self, body):
         value = body.get("input")

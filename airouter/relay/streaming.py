@@ -21,11 +21,7 @@ import json
 import logging
 import re
 
-from airouter.relay import usage as usage_formats
-from airouter.relay.bridges import CHAT, MESSAGES, RESPONSES, dumps
-from airouter.relay.convert.responses import failed_response
-from airouter.relay.errors import anthropic_envelope, envelope
-from airouter.relay.formats import text_chars
+from airouter.relay.formats import FORMATS, text_chars
 from billing.models import UsageRecord
 from billing.pricing import estimate_tokens
 from channels_app import health, upstream
@@ -38,18 +34,7 @@ USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 # whole answer in one event (response.completed), generated images are megabytes of base64.
 MAX_PENDING = 32 << 20
 KEEP_FOR_ESTIMATE = 4 << 20  # characters counted to estimate tokens if no usage comes
-DONE = b"data: [DONE]\n\n"
-# The end of an OpenAI chat stream; SSE makes the space after the colon optional.
-DONE_MARKS = (b"data: [DONE]", b"data:[DONE]")
-ENDS = {  # the events that end a stream of each format (the first one: what to name)
-    CHAT: (b"[DONE]",),
-    "completions": (b"[DONE]",),
-    MESSAGES: (b"message_stop",),
-    RESPONSES: (b"response.completed", b"response.incomplete", b"response.failed"),
-}
-EVENT_LINE = re.compile(rb"^event:\s*(\S+)", re.MULTILINE)
 STREAM_ERROR = UsageRecord.Status.STREAM_ERROR
-CHAT_FORMATS = (CHAT, "completions")
 
 
 def model_swap(upstream_model: str, client_model: str) -> tuple | None:
@@ -64,20 +49,6 @@ def swap_model(data: bytes, swap) -> bytes:
     for old, new in swap:
         data = data.replace(old, new)
     return data
-
-
-def ends_stream(endpoint: str, out: bytes) -> bool:
-    """Whether these complete events hold the stream's final event."""
-    marks = ENDS[endpoint]
-    if not any(mark in out for mark in marks):
-        return False
-    if endpoint in CHAT_FORMATS:
-        return any(mark in out for mark in DONE_MARKS)
-    names = {name.decode() for name in EVENT_LINE.findall(out)}
-    return any(mark.decode() in names for mark in marks) or any(
-        f'"type":"{mark.decode()}"'.encode() in out or f'"type": "{mark.decode()}"'.encode() in out
-        for mark in marks
-    )
 
 
 def split_event(event: bytes) -> tuple[str, str]:
@@ -108,13 +79,6 @@ def _event_bounds(data: bytes, start: int, end: int) -> tuple[int, int]:
     return begin, stop
 
 
-def frame(endpoint: str, event: dict) -> bytes:
-    """One client event in its format's framing."""
-    if endpoint in (MESSAGES, RESPONSES):
-        return b"event: " + event["type"].encode() + b"\ndata: " + dumps(event) + b"\n\n"
-    return b"data: " + dumps(event) + b"\n\n"
-
-
 class EventStream:
     """Iterate the client-bound bytes of one upstream stream; settle when done."""
 
@@ -123,7 +87,8 @@ class EventStream:
         self.response = response
         self.first = first
         self.bridge = bridge
-        self.client = bridge.client
+        self.client = FORMATS[bridge.client]  # what the client reads
+        self.upstream_format = FORMATS[bridge.upstream]  # what the channel writes
         self.swap = swap
         self.finished = False  # the upstream's final event came
         self.failed = ""  # an error the upstream reported in band
@@ -159,19 +124,7 @@ class EventStream:
 
     def failure_events(self, message: str, code: str, status: int) -> bytes:
         """The client format's in-band error, ending its stream."""
-        if self.client == MESSAGES:
-            kind = "overloaded_error" if status in (503, 529) else "api_error"
-            body = anthropic_envelope(status, message)
-            body["error"]["type"] = kind
-            return b"event: error\ndata: " + dumps(body) + b"\n\n"
-        if self.client == RESPONSES:
-            body = self.exchange.body
-            response = failed_response(body, "resp_" + self.exchange.request_id, message, code)
-            event = {"type": "response.failed", "sequence_number": 0, "response": response}
-            return frame(RESPONSES, event)
-        body = envelope(message, code, code)
-        body["error"]["status"] = status
-        return b"data: " + dumps(body) + b"\n\n" + DONE
+        return self.client.failure_event(message, code, status, self.exchange)
 
     # --- the loop ---
     def _out(self, data: bytes) -> bytes:
@@ -233,7 +186,7 @@ class EventStream:
                 status, error = self._outcome()
             elif not self.finished:  # the body ended, the stream did not: never a silent close
                 status = STREAM_ERROR
-                final = ENDS[self.bridge.upstream][0].decode()
+                final = self.upstream_format.final_events[0].decode()
                 error = f"the upstream ended the stream before {final}"
                 health.note(channel, Channel.Outcome.FAILURE, error)
                 yield self._error(
@@ -304,11 +257,10 @@ class PassthroughStream(EventStream):
         if self.kept_bytes < KEEP_FOR_ESTIMATE:  # parsed only if the usage is missing or cut
             self.kept.append(out)
             self.kept_bytes += len(out)
-        endpoint = self.client
-        if ends_stream(endpoint, out):
+        if self.client.ends(out):
             self.finished = True
-        if b"error" in out:
-            self._note_error(out)
+        if b"error" in out and self.client.in_band_error(out):
+            self.failed = "an error event"  # the client sees it as the upstream said it
         return out
 
     def output_chars(self) -> int:
@@ -323,16 +275,6 @@ class PassthroughStream(EventStream):
                         continue
         return total
 
-    def _note_error(self, out: bytes) -> None:
-        """An error the upstream reported in band (the client sees it as the upstream said it)."""
-        if self.client in CHAT_FORMATS:
-            if b'data: {"error"' in out or b'data:{"error"' in out:
-                self.failed = "an error event"
-            return
-        names = {name.decode() for name in EVENT_LINE.findall(out)}
-        if "error" in names or "response.failed" in names:
-            self.failed = "an error event"
-
     def _take_usage(self, out: bytes) -> bytes:
         """Keep the usage these events report; drop chat usage-only events not asked for."""
         at = 0
@@ -342,37 +284,18 @@ class PassthroughStream(EventStream):
             at = stop
             if not isinstance(payload, dict):
                 continue
-            found = _usage_in(self.client, payload)
+            found = self.client.stream_usage(payload)
             if found is None:
                 continue
-            if self.client == MESSAGES:
-                self.raw_usage = usage_formats.merge_messages_event(self.raw_usage or {}, found)
-            else:
-                self.raw_usage = found
-            chat = self.client in CHAT_FORMATS
-            if chat and not self.client_wants_usage and not payload.get("choices"):
+            self.raw_usage = self.client.merge_usage(self.raw_usage, found)
+            drop = self.client.usage_only_events and not self.client_wants_usage
+            if drop and not payload.get("choices"):
                 out = out[:begin] + out[stop:]
                 at = begin
         return out
 
     def usage(self):
-        reader = {
-            MESSAGES: usage_formats.from_messages,
-            RESPONSES: usage_formats.from_responses,
-        }.get(self.client, usage_formats.from_chat)
-        return reader(self.raw_usage)
-
-
-def _usage_in(endpoint: str, payload: dict):
-    if endpoint == MESSAGES:
-        message = payload.get("message")
-        found = message.get("usage") if isinstance(message, dict) else payload.get("usage")
-    elif endpoint == RESPONSES:
-        response = payload.get("response")
-        found = response.get("usage") if isinstance(response, dict) else None
-    else:
-        found = payload.get("usage")
-    return found if isinstance(found, dict) else None
+        return self.client.read_usage(self.raw_usage)
 
 
 def _delta_text(payload):
@@ -427,7 +350,7 @@ class ConvertedStream(EventStream):
                 self.finished = True
                 break
             for converted in self.converter.feed(payload):
-                written.append(frame(client, converted))
+                written.append(client.frame(converted))
             if self.converter.upstream_done:
                 self.finished = True
                 break
@@ -438,13 +361,13 @@ class ConvertedStream(EventStream):
             return self._error(
                 f"The upstream failed mid-stream: {self.failed}", "upstream_error", 502
             )
-        out = b"".join(frame(self.client, event) for event in self.converter.finish())
-        return out + DONE if self.client == CHAT else out
+        client = self.client
+        return b"".join(client.frame(e) for e in self.converter.finish()) + client.end_of_stream()
 
     def failure_events(self, message: str, code: str, status: int) -> bytes:
         events = self.converter.fail(message, code)
         if events:
-            return b"".join(frame(self.client, event) for event in events)
+            return b"".join(self.client.frame(event) for event in events)
         return super().failure_events(message, code, status)
 
     def usage(self):

@@ -31,7 +31,7 @@ from airouter.relay.errors import (
     too_large,
 )
 from airouter.relay.exchange import Exchange
-from airouter.relay.formats import FORMATS, ClientFormat, text_chars
+from airouter.relay.formats import FORMATS, ClientFormat, dumps, text_chars
 from airouter.relay.streaming import ConvertedStream, PassthroughStream, model_swap, swap_model
 from billing import ledger, pricing
 from billing.models import UsageRecord
@@ -279,10 +279,10 @@ class UpstreamBodies:
             if usage_asked:
                 options = dict(body.get("stream_options") or {}, include_usage=True)
                 changed["stream_options"] = options
-            return bridges.dumps(changed)
+            return dumps(changed)
         if b not in self.converted:  # ConversionError: this channel cannot serve the request
             self.converted[b] = bridges.request_body(b, body, stream)
-        return bridges.dumps(dict(self.converted[b], model=upstream_model))
+        return dumps(dict(self.converted[b], model=upstream_model))
 
 
 def forward(exchange: Exchange, request, raw: bytes, attempts: list):
@@ -366,7 +366,7 @@ def whole_answer(exchange, b, result, upstream_model):
         # Responses answers repeat request fields after usage (metadata may hold anything):
         # parsed whole; chat and Messages answers end with their usage.
         found = _answer_json(data).get("usage") if b.upstream == "responses" else find_usage(data)
-        usage = bridges.read_usage(b.upstream, found)
+        usage = FORMATS[b.upstream].read_usage(found)
         swap = model_swap(upstream_model, exchange.model)
         output_chars = text_chars(_answer_json(data)) if usage is None else 0
         exchange.settle(UsageRecord.Status.SUCCESS, 200, usage=usage, output_chars=output_chars)
@@ -376,7 +376,7 @@ def whole_answer(exchange, b, result, upstream_model):
             data, status=200, content_type=result.content_type or "application/json"
         )
     parsed = _answer_json(data)
-    usage = bridges.read_usage(b.upstream, parsed.get("usage"))
+    usage = FORMATS[b.upstream].read_usage(parsed.get("usage"))
     converted = bridges.answer(b, parsed, exchange.model, exchange.body, exchange.request_id)
     output_chars = text_chars(parsed) if usage is None else 0
     exchange.settle(UsageRecord.Status.SUCCESS, 200, usage=usage, output_chars=output_chars)
@@ -443,11 +443,12 @@ def count_tokens(request):
     expose = settings.RELAY_EXPOSE_CHANNEL
     for attempt in attempts:
         channel = attempt.channel
-        if channel.kind != Channel.Kind.ANTHROPIC:
+        transport = transports.transport(channel)
+        if not transport.counts_tokens:
             continue
         release_db_connection()
-        payload = bridges.dumps(dict(body, model=channel.upstream_model(model)))
-        result = transports.transport(channel).send(
+        payload = dumps(dict(body, model=channel.upstream_model(model)))
+        result = transport.send(
             "messages/count_tokens",
             payload,
             stream=False,
@@ -455,8 +456,9 @@ def count_tokens(request):
             client_headers=client_headers(request, fmt.endpoint),
         )
         health.record(channel, result)
-        if result.ok:
-            response = HttpResponse(result.data, content_type="application/json")
+        if result.ok or result.outcome == Outcome.REFUSED:  # the upstream's own answer
+            data = result.data if result.ok else upstream.scrub(result.data, channel.key)
+            response = HttpResponse(data, status=result.status, content_type="application/json")
             return served(response, attempt, expose)
     estimate = pricing.estimate_tokens(text_chars(body))
     return served(json_response(200, {"input_tokens": estimate}), attempts[0], expose)
