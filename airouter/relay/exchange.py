@@ -9,6 +9,7 @@ the usage (billing.pricing), which replaces the hold (billing.ledger.settle).
 import logging
 import time
 
+from airouter import observability
 from airouter.relay.formats import text_chars
 from billing import ledger, pricing
 from billing.models import UsageRecord
@@ -136,21 +137,19 @@ class Exchange:
                 status,
                 cost,
             )
-        logger.info(
-            "relay %s %s token=%s group=%s channel=%s model=%s status=%s code=%s "
-            "tokens=%d+%d cached=%d cost=%s attempts=%d %dms",
-            self.request_id,
-            self.endpoint,
-            self.token.key_prefix,
-            attempt.group.name if attempt else "-",
-            attempt.channel.name if attempt else "-",
-            self.model,
-            status,
-            status_code,
-            usage.input_tokens,
-            usage.output_tokens,
-            usage.cached_tokens,
-            cost,
-            self.attempts,
-            latency_ms,
+        observability.request_finished(
+            request_id=self.request_id,
+            endpoint=self.endpoint,
+            token=self.token.key_prefix,
+            group=attempt.group.name if attempt else "",
+            channel=attempt.channel.name if attempt else "",
+            model=self.model,
+            stream=self.stream,
+            status=status,
+            status_code=status_code,
+            attempts=self.attempts,
+            usage=usage,
+            cost=cost,
+            latency_ms=latency_ms,
+            ttft_ms=self.ttft_ms,
         )

@@ -19,6 +19,7 @@ from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
+from airouter import observability
 from airouter.relay import bridges
 from airouter.relay.convert import ConversionError
 from airouter.relay.errors import (
@@ -321,6 +322,7 @@ def forward(exchange: Exchange, request, raw: bytes, attempts: list):
             query=query if b.native else "",
         )
         health.record(channel, result)
+        observability.attempt_finished(channel.name, result.outcome)
         if result.outcome in (Outcome.FAILURE, Outcome.KEY_REFUSED):
             last_status, last_error = result.client_status, f"{label}: {result.message}"
             continue
