@@ -71,7 +71,8 @@ def _reserve_sql() -> tuple[str, str, str, str]:
     )
     on_user = (
         f"UPDATE {qn(user.db_table)} SET {balance} = ROUND({balance} - {amount}, 10) "  # noqa: S608
-        f"WHERE {qn(user.pk.column)} = %s AND ROUND({balance}, 10) >= {amount}"
+        f"WHERE {qn(user.pk.column)} = %s AND ROUND({balance}, 10) >= {amount} "
+        f"AND {balance} > 0"
     )
     release_token = (
         f"UPDATE {qn(token.db_table)} SET {spent} = ROUND({spent} - {amount}, 10) "  # noqa: S608

@@ -66,6 +66,17 @@ class UsageRecord(models.Model):
     estimated = models.BooleanField(
         default=False, help_text="Tokens were estimated: the upstream reported no usage."
     )
+    usage_corrected = models.BooleanField(
+        default=False,
+        help_text="The upstream reported usage that could not be right (negative, fractional, "
+        "absurd): the tokens were estimated instead.",
+    )
+    overrun = models.DecimalField(
+        **MONEY,
+        default=Decimal("0"),
+        help_text="What the request cost beyond its hold (charged: the balance may go below "
+        "zero by this much).",
+    )
     stream = models.BooleanField(default=False)
     status = models.CharField(max_length=24, choices=Status.choices, default=Status.SUCCESS)
     status_code = models.PositiveSmallIntegerField(null=True, blank=True)

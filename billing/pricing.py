@@ -26,6 +26,7 @@ class Usage:
     cached_tokens: int = 0  # input tokens read from the prompt cache
     cache_write_tokens: int = 0  # input tokens written to the prompt cache
     reasoning_tokens: int = 0  # the part of output_tokens spent reasoning
+    corrected: bool = False  # the upstream's report made no sense: these counts are estimates
 
     @property
     def uncached_input_tokens(self) -> int:

@@ -56,6 +56,11 @@ class Channel(models.Model):
     read_timeout = models.FloatField(
         default=60.0, help_text="Longest silence allowed between bytes, in seconds."
     )
+    total_timeout = models.FloatField(
+        default=600.0,
+        help_text="Longest a whole non-stream answer may take, in seconds (a stream is bounded "
+        "by RELAY_MAX_STREAM_SECONDS).",
+    )
     input_price = models.DecimalField(
         **PRICE, default=Decimal("0"), help_text="Price per 1M prompt tokens."
     )
@@ -93,7 +98,7 @@ class Channel(models.Model):
                 name="channels_app_channel_prices_not_negative",
             ),
             models.CheckConstraint(
-                condition=Q(connect_timeout__gt=0) & Q(read_timeout__gt=0),
+                condition=Q(connect_timeout__gt=0) & Q(read_timeout__gt=0) & Q(total_timeout__gt=0),
                 name="channels_app_channel_timeouts_positive",
             ),
         ]

@@ -181,12 +181,46 @@ def test_an_image_is_held_at_a_fixed_allowance_not_its_size(live_server, fake_up
     assert fake_upstream.requests[-1].json["messages"][0]["content"][1]["image_url"]["url"] == image
 
 
-def test_an_upstream_overrunning_max_tokens_is_charged_at_most_the_hold(live_server, fake_upstream):
+def test_an_upstream_overrunning_max_tokens_is_charged_what_it_served(live_server, fake_upstream):
     token, key, _ = routed(fake_upstream, balance="0.02", input_price=0, output_price=1000)
     fake_upstream.configure(completion_tokens=500)  # ignores max_tokens=10
-    chat(sdk(live_server, key), max_tokens=10)
+    client = sdk(live_server, key)
+    chat(client, max_tokens=10)
     record = UsageRecord.objects.get()
     assert record.completion_tokens == 500
-    assert record.cost == Decimal("0.01") == record.held  # 10 x 1000/1M, not 500 x 1000/1M
-    assert "capped" in record.error
-    assert balance(token.owner_id) == Decimal("0.01")
+    assert (record.held, record.cost) == (Decimal("0.01"), Decimal("0.5"))  # 500 x 1000/1M
+    assert record.overrun == Decimal("0.49")  # the record says by how much
+    assert balance(token.owner_id) == Decimal("-0.48")  # below zero by one request's overrun
+    with pytest.raises(openai.RateLimitError) as refused:  # ... and nothing more
+        chat(client, max_tokens=1)
+    assert refused.value.code == "insufficient_quota"
+    assert UsageRecord.objects.count() == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_integral_float_usage_is_usage(live_server, fake_upstream, stream):
+    _, key, _ = routed(fake_upstream)
+    fake_upstream.configure(prompt_tokens=12.0, completion_tokens=5.0)
+    response = chat(sdk(live_server, key), stream=stream)
+    if stream:
+        list(response)
+    record = UsageRecord.objects.get()
+    assert (record.prompt_tokens, record.completion_tokens) == (12, 5)
+    assert not record.estimated and not record.usage_corrected
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    "reported", [{"prompt_tokens": -3}, {"completion_tokens": 2.5}, {"completion_tokens": 10**12}]
+)
+def test_nonsense_usage_is_estimated_and_says_so(live_server, fake_upstream, reported, stream):
+    token, key, _ = routed(fake_upstream)
+    fake_upstream.configure(**reported)
+    response = chat(sdk(live_server, key), stream=stream)
+    if stream:
+        list(response)
+    record = UsageRecord.objects.get()
+    assert record.status == "success"  # settled: never left pending for release_holds
+    assert record.estimated and record.usage_corrected
+    assert record.prompt_tokens > 0 and record.completion_tokens == 8  # the 29 characters sent
+    assert balance(token.owner_id) == Decimal("100") - record.cost

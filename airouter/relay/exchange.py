@@ -24,6 +24,11 @@ SERVED = (
 )
 
 
+def needs_estimate(usage: Usage | None) -> bool:
+    """Whether the tokens must be estimated: no usage came, or it made no sense."""
+    return usage is None or usage.corrected
+
+
 class Exchange:
     __slots__ = (
         "request_id",
@@ -73,24 +78,28 @@ class Exchange:
         self.settled = True
         attempt = self.attempt
         served = status in SERVED and attempt is not None
-        estimated = False
+        estimated = corrected = False
         if not served:
             usage = Usage()
-        elif usage is None:
-            estimated = True
+        elif needs_estimate(usage):
+            # No usage, or usage that made no sense (negative, fractional, absurd): estimate.
+            estimated, corrected = True, usage is not None
             usage = Usage(
                 input_tokens=pricing.estimate_tokens(text_chars(self.body)),
                 output_tokens=pricing.estimate_tokens(output_chars) if output_chars else 0,
             )
         rates = attempt.rates if attempt else None
-        cost = ledger.ZERO
+        cost = overrun = ledger.ZERO
         if served:
+            # The real cost, even beyond the hold (an upstream that ignored max_tokens, a
+            # request without one): the balance may fall below zero by this overrun, and a
+            # balance at or below zero refuses the next request.
             cost = pricing.usage_cost(usage, rates, attempt.multiplier)
-            if cost > self.hold.amount:
-                # The hold is the most this request may take from the balance.
-                error = error or f"charge capped at the hold ({self.hold.amount}; cost {cost})"
-                logger.warning("relay %s: %s", self.request_id, error)
-                cost = self.hold.amount
+            overrun = max(ledger.ZERO, cost - self.hold.amount)
+            if overrun:
+                logger.warning(
+                    "relay %s: cost %s overran the hold %s", self.request_id, cost, self.hold.amount
+                )
         latency_ms = self.elapsed_ms()
         try:
             settled = ledger.settle(
@@ -109,7 +118,9 @@ class Exchange:
                 cache_write_rate=rates.cache_write if rates else 0,
                 multiplier=attempt.multiplier if attempt else 1,
                 cost=cost,
+                overrun=overrun,
                 estimated=estimated,
+                usage_corrected=corrected,
                 status=status,
                 status_code=status_code,
                 error=error[:2000],

@@ -21,6 +21,7 @@ import json
 import logging
 import re
 
+from airouter.relay.exchange import needs_estimate
 from airouter.relay.formats import FORMATS, text_chars
 from billing.models import UsageRecord
 from billing.pricing import estimate_tokens
@@ -226,11 +227,12 @@ class EventStream:
     def _settle(self, status, error):
         try:
             usage, chars = self.usage(), 0
-            if usage is None or not self.finished:
-                # No usage, or a stream cut before its final usage (Anthropic's message_start
-                # already reports 1 output token): the generated text counts, if it says more.
+            if needs_estimate(usage) or not self.finished:
+                # No usage (or nonsense), or a stream cut before its final usage (Anthropic's
+                # message_start already reports 1 output token): the generated text counts, if
+                # it says more.
                 chars = self.output_chars()
-                if usage is not None and chars:
+                if not needs_estimate(usage) and chars:
                     usage.output_tokens = max(usage.output_tokens, estimate_tokens(chars))
             self.exchange.settle(status, 200, usage=usage, output_chars=chars, error=error)
         except Exception:

@@ -1,8 +1,10 @@
 """Usage as each API format reports it, read into `billing.pricing.Usage` and written back.
 
-Readers never fail: a count that is not a non-negative integer (an integral float such as
-`12.0` counts as one) is read as missing. `None` means the object reported no input count at
-all, so the relay estimates instead.
+Readers never fail. `None` means the object reported no input count at all, so the relay
+estimates instead. A count that is there but cannot be right (negative, fractional, a string,
+above MAX_TOKENS; an integral float such as `12.0` is a number) makes the whole report
+untrustworthy: the reader returns `Usage(corrected=True)`, and the relay estimates and says so
+on the record.
 
 The formats disagree on what "input" means: OpenAI's `prompt_tokens` (chat) and
 `input_tokens` (Responses) include the cached tokens; Anthropic's `input_tokens` excludes both
@@ -25,6 +27,38 @@ def count(value) -> int | None:
     return None
 
 
+def _nonsense(usage: dict, fields: tuple, details: dict) -> bool:
+    """Whether a count the upstream did report is not a count."""
+    for name in fields:
+        value = usage.get(name)
+        if value is not None and count(value) is None:
+            return True
+    for name, inner in details.items():
+        detail = usage.get(name)
+        if isinstance(detail, dict):
+            for field in inner:
+                value = detail.get(field)
+                if value is not None and count(value) is None:
+                    return True
+    return False
+
+
+CHAT_DETAILS = {
+    "prompt_tokens_details": ("cached_tokens", "cache_write_tokens"),
+    "completion_tokens_details": ("reasoning_tokens",),
+}
+RESPONSES_DETAILS = {
+    "input_tokens_details": ("cached_tokens", "cache_write_tokens"),
+    "output_tokens_details": ("reasoning_tokens",),
+}
+MESSAGES_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+)
+
+
 def _detail(usage: dict, name: str, field: str) -> int:
     details = usage.get(name)
     return (count(details.get(field)) or 0) if isinstance(details, dict) else 0
@@ -34,6 +68,8 @@ def from_chat(usage) -> Usage | None:
     """OpenAI chat/completions/embeddings `usage`."""
     if not isinstance(usage, dict):
         return None
+    if _nonsense(usage, ("prompt_tokens", "completion_tokens"), CHAT_DETAILS):
+        return Usage(corrected=True)
     prompt = count(usage.get("prompt_tokens"))
     if prompt is None:
         return None
@@ -67,6 +103,8 @@ def from_responses(usage) -> Usage | None:
     """OpenAI Responses `usage`."""
     if not isinstance(usage, dict):
         return None
+    if _nonsense(usage, ("input_tokens", "output_tokens"), RESPONSES_DETAILS):
+        return Usage(corrected=True)
     prompt = count(usage.get("input_tokens"))
     if prompt is None:
         return None
@@ -99,6 +137,8 @@ def from_messages(usage) -> Usage | None:
     """Anthropic Messages `usage` (a whole answer's, or one stream event's)."""
     if not isinstance(usage, dict):
         return None
+    if _nonsense(usage, MESSAGES_FIELDS, {}):
+        return Usage(corrected=True)
     uncached = count(usage.get("input_tokens"))
     if uncached is None:
         return None
@@ -118,7 +158,7 @@ def merge_messages_event(total: dict, usage) -> dict:
     input counts again). The later value of a field wins."""
     if isinstance(usage, dict):
         for name, value in usage.items():
-            if count(value) is not None:
+            if value is not None:  # (a nonsense count stays, for the reader to see)
                 total[name] = value
     return total
 

@@ -31,7 +31,7 @@ from airouter.relay.errors import (
     not_found_path,
     too_large,
 )
-from airouter.relay.exchange import Exchange
+from airouter.relay.exchange import Exchange, needs_estimate
 from airouter.relay.formats import FORMATS, ClientFormat, dumps, text_chars
 from airouter.relay.streaming import ConvertedStream, PassthroughStream, model_swap, swap_model
 from billing import ledger, pricing
@@ -370,7 +370,7 @@ def whole_answer(exchange, b, result, upstream_model):
         found = _answer_json(data).get("usage") if b.upstream == "responses" else find_usage(data)
         usage = FORMATS[b.upstream].read_usage(found)
         swap = model_swap(upstream_model, exchange.model)
-        output_chars = text_chars(_answer_json(data)) if usage is None else 0
+        output_chars = text_chars(_answer_json(data)) if needs_estimate(usage) else 0
         exchange.settle(UsageRecord.Status.SUCCESS, 200, usage=usage, output_chars=output_chars)
         if swap:
             data = swap_model(data, swap)
@@ -380,7 +380,7 @@ def whole_answer(exchange, b, result, upstream_model):
     parsed = _answer_json(data)
     usage = FORMATS[b.upstream].read_usage(parsed.get("usage"))
     converted = bridges.answer(b, parsed, exchange.model, exchange.body, exchange.request_id)
-    output_chars = text_chars(parsed) if usage is None else 0
+    output_chars = text_chars(parsed) if needs_estimate(usage) else 0
     exchange.settle(UsageRecord.Status.SUCCESS, 200, usage=usage, output_chars=output_chars)
     return json_response(200, converted)
 
