@@ -27,3 +27,46 @@ keepalive = 5
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", None)
 # No runtime control socket: one fixed path would clash between instances on one host.
 control_socket_disable = True
+
+
+# --- Prometheus metrics across workers (airouter/observability.py; README: Observability) ---
+# Each worker writes its metrics to files in PROMETHEUS_MULTIPROC_DIR and /metrics, answered by
+# any worker, sums them. Unset: a directory of this start's own, removed on exit (two instances
+# on one host must not share one). Set: it is emptied at start (an earlier run's counts would
+# be added in).
+METRICS_DIR_PREFIX = "airouter-metrics-"
+METRICS_FILES = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
+
+
+def on_starting(server):
+    """In the master, before any worker is forked: workers inherit the variable, which must be
+    set before they import prometheus_client."""
+    import glob
+    import tempfile
+
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=METRICS_DIR_PREFIX)
+        return
+    os.makedirs(path, exist_ok=True)
+    for pattern in METRICS_FILES:
+        for name in glob.glob(os.path.join(path, pattern)):
+            os.remove(name)
+
+
+def child_exit(server, worker):
+    """A worker is gone: its counters stay summed in, its live gauges go."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    import shutil
+    import tempfile
+
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if os.path.dirname(path) == tempfile.gettempdir() and os.path.basename(path).startswith(
+        METRICS_DIR_PREFIX
+    ):
+        shutil.rmtree(path, ignore_errors=True)  # the one on_starting made

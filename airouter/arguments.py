@@ -29,6 +29,15 @@ def decimal_or_none(value: str | None, option: str) -> Decimal | None:
     return number
 
 
+def seconds_or_none(value: str | None, option: str) -> float | None:
+    number = decimal_or_none(value, option)
+    if number is None:
+        return None
+    if number <= 0:
+        raise CommandError(f"{option}: '{value}' must be more than 0 seconds.")
+    return float(number)
+
+
 def int_or_none(value: str | None, option: str) -> int | None:
     if value is None:
         return None

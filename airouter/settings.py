@@ -36,6 +36,8 @@ SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
 # Behind a TLS-terminating proxy that sets X-Forwarded-Proto (and strips it from clients).
 if env.bool("SECURE_PROXY_SSL_HEADER", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Load balancers and orchestrators probe over plain HTTP, often straight to the instance.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 
 INSTALLED_APPS = [
     "groups.admin_site.AdminConfig",  # Django's admin with a "User Management" section
@@ -173,6 +175,12 @@ RELAY_MAX_ATTEMPTS = env.int("RELAY_MAX_ATTEMPTS", default=3)
 RELAY_MAX_BODY_BYTES = env.int("RELAY_MAX_BODY_BYTES", default=10 * 1024 * 1024)
 # Completion tokens assumed for the hold when the request gives no max_tokens.
 RELAY_DEFAULT_MAX_TOKENS = env.int("RELAY_DEFAULT_MAX_TOKENS", default=4096)
+# Largest non-stream upstream answer read into memory; a larger one is a channel failure.
+RELAY_MAX_RESPONSE_BYTES = env.int("RELAY_MAX_RESPONSE_BYTES", default=32 * 1024 * 1024)
+# Where a settle the database refused is kept until it lands, without REDIS_URL (billing.spool).
+SETTLE_SPOOL_DIR = env("SETTLE_SPOOL_DIR", default=str(BASE_DIR / "var" / "settle-spool"))
+# Longest a stream may run, in seconds: then it ends with an error event (and is billed).
+RELAY_MAX_STREAM_SECONDS = env.float("RELAY_MAX_STREAM_SECONDS", default=3600.0)
 # Whether responses name the serving channel in x-airouter-channel.
 RELAY_EXPOSE_CHANNEL = env.bool("RELAY_EXPOSE_CHANNEL", default=True)
 # Reverse proxies (IPs or CIDRs) trusted to name the client in X-Forwarded-For, for token IP
@@ -183,17 +191,38 @@ for _proxy in RELAY_TRUSTED_PROXIES:  # a typo stops the start, not every reques
         ipaddress.ip_network(_proxy, strict=False)
     except ValueError as _exc:
         raise ImproperlyConfigured(f"RELAY_TRUSTED_PROXIES: {_exc}") from None
+# Circuit breakers (channels_app.breaker): consecutive failures that take a channel out of
+# routing (0: breakers off), for how long (seconds, doubled at each re-open), and the longest.
+CHANNEL_FAILURE_THRESHOLD = env.int("CHANNEL_FAILURE_THRESHOLD", default=3)
+CHANNEL_COOLDOWN_SECONDS = env.float("CHANNEL_COOLDOWN_SECONDS", default=30.0)
+CHANNEL_COOLDOWN_MAX_SECONDS = env.float("CHANNEL_COOLDOWN_MAX_SECONDS", default=600.0)
 # Seconds a process may serve a stale routing table before re-reading it.
 ROUTING_CACHE_TTL = env.float("ROUTING_CACHE_TTL", default=5.0)
 # Optional: with Redis, routing changes reach every instance at once.
 REDIS_URL = env("REDIS_URL", default="")
 
+# --- Observability (README: Observability) ----------------------------------------------
+# Empty: /metrics is open to whoever reaches it. Set: it needs `Authorization: Bearer <this>`.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+# "text" (default) or "json": every log line one JSON object (airouter.log_format).
+LOG_FORMAT = env("LOG_FORMAT", default="text")
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, not {LOG_FORMAT!r}")
+
 # --- Logging ------------------------------------------------------------------------
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "airouter.log_format.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+        }
+    },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     # Every 4xx the relay answers is the client's own business, not a warning for ops.
     "loggers": {"django.request": {"level": "ERROR"}},

@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from airouter import health_views
 from airouter.relay import views as relay_views
 from billing.views import usage
 
@@ -14,5 +15,9 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("keys/", include("tokens.urls")),
     path("usage/", usage, name="usage"),
+    # For load balancers, orchestrators and Prometheus (no trailing slash: no redirect).
+    path("healthz", health_views.healthz, name="healthz"),
+    path("readyz", health_views.readyz, name="readyz"),
+    path("metrics", health_views.metrics, name="metrics"),
     path("", RedirectView.as_view(pattern_name="keys"), name="home"),
 ]

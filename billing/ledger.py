@@ -13,6 +13,7 @@ from datetime import timedelta
 from decimal import Decimal
 from functools import cache
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import F
@@ -144,12 +145,17 @@ def settle(hold: Hold, **outcome) -> bool:
     The trigger on that UPDATE replaces the hold by `outcome["cost"]`. Only a pending record
     settles, so a late settle and `release_holds` can never both give the money back.
     """
+    return settle_record(hold.record_id, outcome)
+
+
+def settle_record(record_id: int, outcome: dict) -> bool:
+    """settle() by the record's id (billing.spool replays kept settles with it)."""
     names = tuple(outcome)
     sql, fields = _settle_sql(names)
     params = [
         f.get_db_prep_save(outcome[n], connection) for n, f in zip(names, fields, strict=True)
     ]
-    return bool(_update(sql, [*params, hold.record_id, PENDING]))
+    return bool(_update(sql, [*params, record_id, PENDING]))
 
 
 # The usage record's INSERT and settling UPDATE run on every request: written once per process
@@ -222,6 +228,22 @@ def _settle_sql(names: tuple[str, ...]) -> tuple[str, list]:
         f"WHERE {qn(meta.pk.column)} = %s AND {qn(meta.get_field('status').column)} = %s"
     )
     return sql, fields
+
+
+def longest_request() -> float:
+    """Seconds the longest request may run: every attempt to its channel's total timeout, or a
+    stream to RELAY_MAX_STREAM_SECONDS (after its attempts' first bytes)."""
+    from channels_app.models import Channel
+
+    slowest = max(
+        (
+            c + t
+            for c, t in Channel.objects.values_list("connect_timeout", "total_timeout").iterator()
+        ),
+        default=0.0,
+    )
+    # A stream's attempts before its first byte, then the stream itself; and a margin.
+    return settings.RELAY_MAX_ATTEMPTS * slowest + settings.RELAY_MAX_STREAM_SECONDS + 60
 
 
 def release_stale_holds(older_than: timedelta, dry_run: bool = False) -> int:

@@ -1,9 +1,11 @@
+import time
+
 from django import forms
 from django.contrib import admin
 from django.utils.text import Truncator
 
 from airouter.admin_display import CSS, badge
-from channels_app import provisioning
+from channels_app import breaker, provisioning
 from channels_app.models import Channel, ModelPrice
 
 
@@ -44,6 +46,7 @@ class ChannelForm(forms.ModelForm):
             "cache_write_price",
             "connect_timeout",
             "read_timeout",
+            "total_timeout",
         )
 
     def __init__(self, *args, **kwargs):
@@ -127,7 +130,10 @@ class ChannelAdmin(admin.ModelAdmin):
                 )
             },
         ),
-        ("Timeouts (seconds)", {"fields": ("connect_timeout", "read_timeout")}),
+        (
+            "Timeouts (seconds)",
+            {"fields": ("connect_timeout", "read_timeout", "total_timeout")},
+        ),
         (
             "Health",
             {"fields": ("last_error", "last_error_at", "last_latency_ms", "last_checked")},
@@ -142,8 +148,19 @@ class ChannelAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("groups")
 
+    def changelist_view(self, request, extra_context=None):
+        breaker.refresh(wait=True)  # the breakers as they are now, for the status column
+        return super().changelist_view(request, extra_context)
+
     @admin.display(description="status", ordering="status")
     def status_badge(self, channel):
+        state = breaker.current().get(channel.pk)
+        if channel.status == Channel.Status.ENABLED and state is not None:
+            now = time.time()
+            status = state.status(now)
+            if status != breaker.CLOSED:
+                text = breaker.describe(state, now, opened="cooling down")
+                return badge(Truncator(text).chars(90), "warn", title=text)
         level = STATUS_LEVEL.get(channel.status, "off")
         return badge(channel.get_status_display(), level, title=channel.status_reason)
 

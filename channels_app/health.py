@@ -7,6 +7,9 @@ and process. A healthy channel under load therefore costs no extra database roun
 An upstream that refuses the channel's own key (401, 403) will refuse every request: the
 channel is disabled automatically, with the reason, until `check_channels` finds it answering
 again (or an operator enables it). Transient failures (timeouts, 429, 5xx) only fail over.
+
+Every outcome also goes to the channel's circuit breaker (`channels_app.breaker`), which
+takes a channel that keeps failing out of routing for a while: no database write for that.
 """
 
 import json
@@ -14,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from channels_app import routing_table, transports
+from channels_app import breaker, routing_table, transports
 from channels_app.models import Channel
 
 LATENCY_EVERY = 60.0  # seconds between latency writes of a healthy channel, per process
@@ -25,13 +28,21 @@ _last: dict[int, tuple[bool, float]] = {}  # channel id -> (failing, monotonic t
 Outcome = Channel.Outcome
 
 
-def note(channel, outcome: str, error: str = "", latency_ms: int | None = None) -> None:
-    """Record one attempt's outcome on a routing-table channel entry, when it is news.
+def note(
+    channel,
+    outcome: str,
+    error: str = "",
+    latency_ms: int | None = None,
+    retry_after: float | None = None,
+) -> None:
+    """Record one attempt's outcome on a routing-table channel entry, when it is news, and on
+    its breaker (always: that costs a dict lookup unless the channel has been failing).
 
     A refused request (the client's fault) says nothing about the channel: it counts as an
     answer."""
     if outcome == Outcome.REFUSED:
         outcome, error = Outcome.SUCCESS, ""
+    breaker.record(channel.id, outcome, error, retry_after)
     now = time.monotonic()
     failing, written = _last.get(channel.id, (bool(channel.last_error), -LATENCY_EVERY))
     if outcome == Outcome.SUCCESS and not failing and now - written < LATENCY_EVERY:
@@ -43,7 +54,7 @@ def note(channel, outcome: str, error: str = "", latency_ms: int | None = None) 
 
 
 def record(channel, result: transports.Result) -> None:
-    note(channel, result.outcome, result.message, result.latency_ms or None)
+    note(channel, result.outcome, result.message, result.latency_ms or None, result.retry_after)
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,7 @@ def probe(channel: Channel) -> ProbeResult:
         status, error, ok = None, f"{type(exc).__name__}: {exc}", False
     latency_ms = int((time.monotonic() - started) * 1000)
     outcome = Outcome.SUCCESS if ok else Outcome.FAILURE
+    breaker.record(channel.pk, outcome, error)
     if Channel.record_result(channel.pk, outcome, error=error, latency_ms=latency_ms, checked=True):
         routing_table.changed()
     with _lock:

@@ -60,6 +60,9 @@ def save_channel(
     model_map: dict[str, str] | None = None,
     kind: str | None = None,
     responses_api: bool | None = None,
+    connect_timeout: float | None = None,
+    read_timeout: float | None = None,
+    total_timeout: float | None = None,
 ) -> SavedChannel:
     """Create the channel (base URL, key and models required) or update the given options."""
     groups = groups_named(group_names) if group_names is not None else None
@@ -88,6 +91,9 @@ def save_channel(
             "cached_input_price": cached_input_price,
             "cache_write_price": cache_write_price,
             "model_map": model_map,
+            "connect_timeout": connect_timeout,
+            "read_timeout": read_timeout,
+            "total_timeout": total_timeout,
         }
         for attr, value in values.items():
             if value is not None and getattr(channel, attr) != value:

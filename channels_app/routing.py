@@ -8,14 +8,20 @@
   endpoint (an anthropic channel serves no /v1/completions or /v1/embeddings); highest
   priority tier first, weighted random order inside a tier. A channel is tried at most once
   per request, even when it serves several of the groups.
+- A channel whose circuit breaker is open (`channels_app.breaker`: it kept failing) is left
+  out, unless every channel of the plan is open: then they are all tried, soonest reopening
+  first. A half-open channel (its cooldown over) is tried first in its group by the one
+  request that wins its probe, and left out of the others.
 - An empty plan says why: `Plan.notes` names every group and channel left out and the reason.
 """
 
 import random
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from billing.pricing import Rates
+from channels_app import breaker
 from channels_app.models import Channel
 from channels_app.routing_table import ChannelEntry, GroupEntry, Table, get_table
 from channels_app.transports import serves
@@ -38,6 +44,7 @@ class Plan:
     unavailable: int = 0  # channels that serve the model but cannot be used now
     no_group: str = ""  # when the token has no group to route through: why, for the client
     closed: bool = False  # ...because its own group is closed to it (403 group_not_allowed)
+    cooling: list = field(default_factory=list)  # ChannelEntries left out: their breaker is open
 
     @property
     def group_label(self) -> str:
@@ -127,7 +134,7 @@ def plan(
     """The ordered attempts for this token, model and client endpoint.
 
     With explain=True, Plan.notes also names what was left out and why (the `route` command);
-    the hot path skips building those strings.
+    the hot path skips building those strings. Explaining takes no half-open probe's turn.
     """
     table = table or get_table()
     notes = [] if explain else None
@@ -179,7 +186,50 @@ def plan(
         for ch in _tier_order(candidates, rng):
             seen.add(ch.id)
             result.attempts.append(Attempt(group, ch, ch.rates(model), group.multiplier))
+    states = breaker.current()
+    if states and result.attempts:
+        result.attempts, result.cooling = _breakers(
+            result.attempts, states, result.notes if explain else None
+        )
     return result
+
+
+def _breakers(attempts: list, states: dict, notes: list | None) -> tuple[list, list]:
+    """(the attempts without the channels whose breaker is open, the channels left out); a
+    half-open channel goes first in its group if this request wins its probe. When every one
+    is open: all of them, soonest reopening first."""
+    now = time.time()
+    kept, cooling = [], []
+    probes_at = {}  # group id -> where its probes go in `kept`: before its first attempt
+    for attempt in attempts:
+        ch = attempt.channel
+        group_id = attempt.group.id
+        probes_at.setdefault(group_id, len(kept))
+        state = states.get(ch.id)
+        status = breaker.CLOSED if state is None else state.status(now)
+        if status == breaker.CLOSED:
+            kept.append(attempt)
+            continue
+        if status == breaker.HALF_OPEN and (notes is not None or breaker.grant_probe(ch.id)):
+            kept.insert(probes_at[group_id], attempt)  # (the plan's groups are contiguous)
+            if notes is not None:
+                notes.append(
+                    f"group {attempt.group.name}: channel {ch.name} is half-open: the next "
+                    "request tries it first in its group (a probe)."
+                )
+            continue
+        cooling.append((state.until, attempt))
+        if notes is not None:
+            notes.append(
+                f"group {attempt.group.name}: channel {ch.name} is left out, "
+                f"{breaker.describe(state, now, opened='cooling down')}."
+            )
+    if kept or not cooling:
+        return kept, [attempt.channel for _, attempt in cooling]
+    if notes is not None:
+        notes.append("Every channel is cooling down: all are tried, soonest reopening first.")
+    cooling.sort(key=lambda item: item[0])
+    return [attempt for _, attempt in cooling], []
 
 
 def reachable_models(token, *, table: Table | None = None) -> list[str]:

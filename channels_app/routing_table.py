@@ -50,6 +50,7 @@ class ChannelEntry:
     status_reason: str
     connect_timeout: float
     read_timeout: float
+    total_timeout: float
     default_rates: Rates
     prices: dict  # model -> Rates: the per-model overrides
     group_ids: frozenset
@@ -161,6 +162,7 @@ def load(loaded_at: float = 0.0) -> Table:
             status_reason=ch.status_reason,
             connect_timeout=ch.connect_timeout,
             read_timeout=ch.read_timeout,
+            total_timeout=ch.total_timeout,
             default_rates=Rates.of(
                 ch.input_price, ch.output_price, ch.cached_input_price, ch.cache_write_price
             ),

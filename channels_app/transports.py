@@ -19,6 +19,9 @@ The endpoint names are the upstream's paths below the base URL ("chat/completion
 
 import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+from django.conf import settings
 
 from channels_app import upstream
 from channels_app.models import Channel
@@ -64,6 +67,7 @@ class Result:
     data: bytes = b""  # the whole body, or a stream's first bytes
     content_type: str = ""
     latency_ms: int = 0
+    retry_after: float | None = None  # a 429 or 503's Retry-After, in seconds (the breaker's)
 
     @property
     def ok(self) -> bool:
@@ -113,7 +117,12 @@ class Transport:
             if event_stream:
                 data = upstream.read_chunk(response, channel.read_timeout)
             else:
-                data = upstream.read_all(response, channel.read_timeout)
+                data = upstream.read_all(
+                    response,
+                    channel.read_timeout,
+                    total_timeout=channel.total_timeout,
+                    limit=settings.RELAY_MAX_RESPONSE_BYTES,
+                )
         except upstream.UpstreamError as exc:
             if response is not None:
                 upstream.release(response, complete=False)
@@ -136,6 +145,8 @@ class Transport:
                 result.client_status = 502
             else:
                 result.client_status = CLIENT_STATUS.get(status, status)
+            if status in (429, 503):
+                result.retry_after = retry_after(response.headers.get("Retry-After"))
         elif not event_stream:
             upstream.release(response, complete=True)
         return result
@@ -201,6 +212,22 @@ TRANSPORTS = {Channel.Kind.OPENAI: OpenAITransport, Channel.Kind.ANTHROPIC: Anth
 
 def transport(channel) -> Transport:
     return TRANSPORTS[channel.kind](channel)
+
+
+def retry_after(value: str | None) -> float | None:
+    """A Retry-After header in seconds from now (it gives seconds or an HTTP date); None when
+    absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError):
+            return None
+    return seconds if seconds == seconds else None  # not NaN
 
 
 def _first_data(data: bytes) -> bytes:

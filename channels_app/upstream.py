@@ -16,6 +16,7 @@ it may receive the request twice.
 import json
 import re
 import threading
+import time
 
 import urllib3
 from urllib3.exceptions import (
@@ -104,9 +105,27 @@ def _send(method, url, headers, body, connect_timeout, read_timeout):
     )
 
 
-def read_all(response, read_timeout: float) -> bytes:
-    """The whole body of a non-stream response."""
-    return _read(response.read, None, read_timeout)
+def read_all(
+    response, read_timeout: float, *, total_timeout: float | None = None, limit: int | None = None
+) -> bytes:
+    """The whole body of a non-stream response, within `total_timeout` seconds from now (an
+    upstream dripping a byte a second never stays silent long enough for the read timeout)
+    and `limit` bytes (what a worker may hold in memory for one answer)."""
+    length = response.headers.get("Content-Length", "")
+    if limit is not None and length.isdigit() and int(length) > limit:
+        raise UpstreamError(f"the answer is larger than {limit} bytes")
+    if total_timeout is None and limit is None:
+        return _read(response.read, None, read_timeout)
+    deadline = time.monotonic() + total_timeout if total_timeout is not None else None
+    parts, size = [], 0
+    while chunk := _read(response.read1, CHUNK, read_timeout):
+        parts.append(chunk)
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise UpstreamError(f"the answer is larger than {limit} bytes")
+        if deadline is not None and time.monotonic() > deadline:
+            raise UpstreamError(f"the answer took longer than {total_timeout:g}s", status=504)
+    return b"".join(parts)
 
 
 def read_chunk(response, read_timeout: float) -> bytes:

@@ -15,7 +15,7 @@ from airouter.admin_display import CSS, badge
 from billing.ledger import top_up
 from billing.pricing import money
 from channels_app.models import Channel
-from groups.models import Group, User, default_group_id
+from groups.models import LIMIT_FIELDS, Group, User, default_group_id, limits_label
 from groups.provisioning import apply_balance_edit
 from tokens.models import Token
 
@@ -109,6 +109,7 @@ class GroupAdmin(admin.ModelAdmin):
         "auto_priority",
         "selectable",
         "is_active",
+        "limits",
         "num_users",
         "num_tokens",
         "num_channels",
@@ -119,6 +120,14 @@ class GroupAdmin(admin.ModelAdmin):
         (None, {"fields": ("name", "description", "is_active", "all_tokens")}),
         ("Billing", {"fields": ("multiplier", "pricing_confirmed")}),
         ("Routing", {"fields": ("auto_priority", "user_selectable")}),
+        (
+            "Limits",
+            {
+                "fields": LIMIT_FIELDS,
+                "description": "The default of each user of this group, counted per user; a "
+                "user's own limit overrides it. A token's own limits apply on top.",
+            },
+        ),
     )
     readonly_fields = ("all_tokens",)
     inlines = (ChannelMembershipInline, TokenInline)
@@ -156,6 +165,10 @@ class GroupAdmin(admin.ModelAdmin):
             return badge("confirmed", "ok")
         return badge("pricing TBD", "warn")
 
+    @admin.display(description="default limits per user")
+    def limits(self, group):
+        return limits_label(group) or "-"
+
     @admin.display(description="selectable", boolean=True, ordering="user_selectable")
     def selectable(self, group):
         return group.user_selectable
@@ -181,6 +194,14 @@ class UserAdmin(DjangoUserAdmin):
     fieldsets = (
         (None, {"fields": ("username", "password")}),
         ("API access", {"fields": ("group", "balance")}),
+        (
+            "Limits",
+            {
+                "fields": LIMIT_FIELDS,
+                "description": "Empty: the default of the user's group. Every key of the user "
+                "counts here together; a key's own limits apply on top.",
+            },
+        ),
         ("Personal info", {"fields": ("first_name", "last_name", "email")}),
         (
             "Permissions",

@@ -2,6 +2,7 @@ from decimal import Decimal
 
 from django.contrib.auth.models import AbstractUser, UserManager
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils.timezone import now
@@ -10,6 +11,48 @@ DEFAULT_GROUP_NAME = "default"
 AUTO = "auto"  # the token setting that walks the groups by auto priority
 
 MONEY = {"max_digits": 20, "decimal_places": 10}
+
+# Rate limits (tokens.limits enforces them): on a token, on a user, and on a group as the
+# default of each of its users. Empty: no limit (a user's: the group's default). Forms refuse 0;
+# the database column only refuses negatives (a CHECK constraint would make SQLite rebuild
+# tables that billing's settle trigger names), and tokens.limits reads a 0 as no limit.
+LIMIT_FIELDS = ("rpm", "tpm", "max_concurrency")
+
+
+def limit_field(verbose_name: str, help_text: str):
+    return models.PositiveIntegerField(
+        verbose_name, null=True, blank=True, validators=[MinValueValidator(1)], help_text=help_text
+    )
+
+
+def limits_label(obj) -> str:
+    """'60 RPM, 100,000 TPM, 4 at once' for what is set on obj (a token, user or group, or a
+    dict of the three)."""
+    get = obj.get if isinstance(obj, dict) else lambda field: getattr(obj, field)
+    parts = []
+    if get("rpm"):
+        parts.append(f"{get('rpm'):,} RPM")
+    if get("tpm"):
+        parts.append(f"{get('tpm'):,} TPM")
+    if get("max_concurrency"):
+        parts.append(f"{get('max_concurrency'):,} at once")
+    return ", ".join(parts)
+
+
+def rpm_field(empty: str):
+    return limit_field("requests per minute", f"Empty: {empty}.")
+
+
+def tpm_field(empty: str):
+    return limit_field(
+        "tokens per minute",
+        f"Prompt + completion tokens, counted at the hold and corrected to the real usage. "
+        f"Empty: {empty}.",
+    )
+
+
+def concurrency_field(empty: str):
+    return limit_field("max concurrent requests", f"Requests in flight at once. Empty: {empty}.")
 
 
 class GroupQuerySet(models.QuerySet):
@@ -49,6 +92,9 @@ class Group(models.Model):
         default=False, help_text="Users may point their tokens at this group."
     )
     is_active = models.BooleanField("active", default=True)
+    rpm = rpm_field("no default (a user's own limit still applies)")
+    tpm = tpm_field("no default")
+    max_concurrency = concurrency_field("no default")
     created = models.DateTimeField(default=now, editable=False)
     updated = models.DateTimeField(auto_now=True)
 
@@ -94,6 +140,9 @@ class User(AbstractUser):
     balance = models.DecimalField(
         **MONEY, default=Decimal("0"), help_text="Prepaid credit; requests draw on it."
     )
+    rpm = rpm_field("the group's default")
+    tpm = tpm_field("the group's default")
+    max_concurrency = concurrency_field("the group's default")
 
     objects = UserManager()
 
@@ -107,3 +156,11 @@ class User(AbstractUser):
 
     def usable_groups(self):
         return Group.objects.usable_by(self)
+
+    def rate_limits(self) -> dict[str, int | None]:
+        """rpm, tpm and max_concurrency as they apply: the user's own, or their group's."""
+        group = self.group
+        return {
+            field: own if (own := getattr(self, field)) is not None else getattr(group, field)
+            for field in LIMIT_FIELDS
+        }

@@ -2,7 +2,8 @@
 
 Each function validates everything before it writes and writes inside one transaction, so a
 bad value leaves nothing half-written. Options left as None keep the current value on update
-(and the model default on create).
+(and the model default on create); a rate limit given as CLEAR (the commands' "none") is
+removed.
 """
 
 import secrets
@@ -14,7 +15,9 @@ from django.db import transaction
 from django.db.models import F
 
 from billing.pricing import money
-from groups.models import Group, User
+from groups.models import LIMIT_FIELDS, Group, User
+
+CLEAR = 0  # a rate limit given as this is removed (no limit; a user's: the group's default)
 
 
 @dataclass
@@ -33,6 +36,51 @@ def _apply(obj, values: dict) -> list[str]:
     return changed
 
 
+def limit_option(value: str | None, option: str) -> int | None:
+    """A command's rate-limit option: a whole number of at least 1, or "none" (CLEAR); None
+    when it was not given."""
+    if value is None:
+        return None
+    if value.strip().lower() == "none":
+        return CLEAR
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValidationError(f"{option}: '{value}' is not a whole number of at least 1 (or none).")
+    return number
+
+
+def add_limit_arguments(parser, scope: str) -> None:
+    """The --rpm, --tpm and --max-concurrency options of the create_* commands."""
+    parser.add_argument("--rpm", help=f"Requests per minute {scope} (or none).")
+    parser.add_argument("--tpm", help=f"Tokens per minute {scope}, prompt + completion (or none).")
+    parser.add_argument("--max-concurrency", help=f"Requests in flight at once {scope} (or none).")
+
+
+def limit_options(options: dict) -> dict:
+    """The parsed --rpm, --tpm and --max-concurrency of a command, as save_* keywords."""
+    return {
+        "rpm": limit_option(options["rpm"], "--rpm"),
+        "tpm": limit_option(options["tpm"], "--tpm"),
+        "max_concurrency": limit_option(options["max_concurrency"], "--max-concurrency"),
+    }
+
+
+def _apply_limits(obj, limits: dict) -> list[str]:
+    changed = []
+    for field in LIMIT_FIELDS:
+        value = limits.get(field)
+        if value is None:
+            continue
+        value = None if value == CLEAR else value
+        if getattr(obj, field) != value:
+            setattr(obj, field, value)
+            changed.append(field)
+    return changed
+
+
 def save_group(
     name: str,
     *,
@@ -41,8 +89,13 @@ def save_group(
     user_selectable: bool | None = None,
     pricing_confirmed: bool | None = None,
     description: str | None = None,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    max_concurrency: int | None = None,
 ) -> Saved:
-    """Create the group, or update the given options of an existing one."""
+    """Create the group, or update the given options of an existing one. The rate limits are
+    the defaults of each of its users."""
+    limits = {"rpm": rpm, "tpm": tpm, "max_concurrency": max_concurrency}
     with transaction.atomic():
         group = Group.objects.select_for_update().filter(name=name).first()
         created = group is None
@@ -58,6 +111,7 @@ def save_group(
                 "description": description,
             },
         )
+        changed += _apply_limits(group, limits)
         if created or changed:
             group.full_clean()
             group.save()
@@ -77,8 +131,12 @@ def save_user(
     group_name: str | None = None,
     balance: Decimal | None = None,
     email: str | None = None,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    max_concurrency: int | None = None,
 ) -> Saved:
     """Create an API user (no password: they sign in once an operator sets one), or update one.
+    The rate limits override the group's defaults.
 
     On update a given balance replaces the current one with a single UPDATE of that column, so
     the save of the other fields never writes back a balance read earlier.
@@ -86,6 +144,7 @@ def save_user(
     if balance is not None and balance < 0:
         raise ValidationError("The balance cannot be negative.")
     group = get_group(group_name) if group_name is not None else None
+    limits = {"rpm": rpm, "tpm": tpm, "max_concurrency": max_concurrency}
     with transaction.atomic():
         user = User.objects.filter(username=username).first()
         created = user is None
@@ -93,10 +152,11 @@ def save_user(
             user = User(username=username, group=group or Group.objects.get(name="default"))
             user.set_unusable_password()
             _apply(user, {"email": email, "balance": balance})
+            _apply_limits(user, limits)
             user.full_clean()
             user.save()
             return Saved(user, True, [])
-        changed = _apply(user, {"group": group, "email": email})
+        changed = _apply(user, {"group": group, "email": email}) + _apply_limits(user, limits)
         if changed:
             user.full_clean(exclude=["password"])
             user.save(update_fields=[f if f != "group" else "group_id" for f in changed])

@@ -31,6 +31,8 @@ FakeUpstream
     404 not_found_error, 413 request_too_large, 429 rate_limit_error, 500 api_error,
     504 timeout_error, 529 overloaded_error, any other api_error.
   - `fail_times=K` (with `status=N`): the first K requests fail with N, then it answers normally.
+  - `retry_after="2"` (with `status=N`): those error answers carry `Retry-After: 2` (the value
+    sent as given: seconds, or an HTTP date).
   - `hangup_times=K`: the first K requests are read and the connection closed, unanswered.
   - `delay=S`: wait S seconds before answering (a connect-and-wait timeout for the relay).
   - `chunks=["Hel", "lo"]`: the text pieces of an answer (streamed one event each).
@@ -98,6 +100,8 @@ FakeUpstream
   - `answer_status=204` (or 302, ...): answer every non-stream POST with that status and an
     empty body (a 3xx also has `Location: /login`).
   - `content_type="text/plain"`: the Content-Type of every 200 answer (JSON or stream).
+  - `drip=S`: send a non-stream answer one byte every S seconds (an upstream that never goes
+    silent long enough for a read timeout).
   - `content_encoding="gzip"`: every 200 answer (JSON or stream) is gzip-compressed and sent
     with `Content-Encoding: gzip`, whatever the request's Accept-Encoding said.
 - Streams are chunked SSE, as the real services send them:
@@ -153,6 +157,7 @@ import pytest
 DEFAULTS = {
     "status": 200,
     "fail_times": None,
+    "retry_after": None,
     "hangup_times": 0,
     "error_message": "The upstream is having a bad day.",
     "delay": 0.0,
@@ -182,6 +187,7 @@ DEFAULTS = {
     "answer_status": None,
     "content_type": None,
     "content_encoding": None,
+    "drip": 0.0,
 }
 
 ROUTES = {
@@ -356,10 +362,12 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             return None
 
-    def _send_json(self, status, payload):
+    def _send_json(self, status, payload, headers=None):
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -373,6 +381,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        if self.b["drip"]:
+            try:
+                for byte in data:  # a byte at a time: never silent for long
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(self.b["drip"])
+            except OSError:  # the relay gave up
+                self.close_connection = True
+            return
         self.wfile.write(data)
 
     def _send_empty(self, status):
@@ -386,9 +403,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _openai_error(self, status, message, type_="invalid_request_error"):
         self._send_json(status, {"error": {"message": message, "type": type_}})
 
-    def _anthropic_error(self, status, message):
+    def _anthropic_error(self, status, message, headers=None):
         kind = ANTHROPIC_ERROR_TYPES.get(status, "api_error")
-        self._send_json(status, {"type": "error", "error": {"type": kind, "message": message}})
+        payload = {"type": "error", "error": {"type": kind, "message": message}}
+        self._send_json(status, payload, headers)
 
     def _record(self, body):
         headers = {k.lower(): v for k, v in self.headers.items()}
@@ -434,12 +452,14 @@ class _Handler(BaseHTTPRequestHandler):
         if b["delay"]:
             time.sleep(b["delay"])
         if up._next_fails():
+            headers = {"Retry-After": b["retry_after"]} if b["retry_after"] is not None else None
             if anthropic:
-                self._anthropic_error(b["status"], b["error_message"])
+                self._anthropic_error(b["status"], b["error_message"], headers)
             else:
                 self._send_json(
                     b["status"],
                     {"error": {"message": b["error_message"], "type": "upstream", "code": None}},
+                    headers,
                 )
             return
         if not isinstance(body, dict):

@@ -260,6 +260,7 @@ def channel_form(**overrides):
         "output_price": "0",
         "connect_timeout": "5",
         "read_timeout": "60",
+        "total_timeout": "600",
         "model_prices-TOTAL_FORMS": "0",
         "model_prices-INITIAL_FORMS": "0",
     }

@@ -139,3 +139,11 @@ def test_admin_edits_the_kind_the_flag_and_cache_prices(admin_client):
     )
     listing = admin_client.get(reverse("admin:channels_app_channel_changelist")).content.decode()
     assert "Anthropic" in listing
+
+
+def test_create_channel_sets_timeouts():
+    run("create_channel", "slow", *BASE, "--total-timeout", "30", "--read-timeout", "20")
+    channel = Channel.objects.get(name="slow")
+    assert (channel.total_timeout, channel.read_timeout, channel.connect_timeout) == (30, 20, 5)
+    with pytest.raises(CommandError, match="--total-timeout: '0' must be more than 0 seconds."):
+        run("create_channel", "slow", "--total-timeout", "0")

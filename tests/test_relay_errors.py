@@ -1,6 +1,7 @@
 """Every error row of the relay: the OpenAI envelope, its status and code, the SDK's class."""
 
 import json
+import time
 from datetime import timedelta
 from decimal import Decimal
 
@@ -548,3 +549,45 @@ def test_an_exception_escaping_a_view_is_a_500_envelope(live_server, fake_upstre
     error = envelope_of(excinfo.value)
     assert (error["type"], error["code"]) == ("server_error", "server_error")
     assert "dictionary" not in error["message"]  # no internals
+
+
+def test_a_drip_feeding_upstream_is_cut_at_the_channels_total_timeout(
+    live_server, fake_upstream_factory
+):
+    slow, good = fake_upstream_factory(), fake_upstream_factory()
+    _, key, first = routed(slow, priority=10, total_timeout=1, read_timeout=5)
+    slow.configure(drip=0.05)  # ~250 bytes: 12 s, a byte every 50 ms
+    make_channel("good", groups=[first.groups.get()], base_url=good.url)
+    started = time.monotonic()
+    completion = chat(sdk(live_server, key))
+    assert time.monotonic() - started < 4
+    assert completion.choices[0].message.content == "Hello from the fake upstream."
+    record = UsageRecord.objects.get()
+    assert (record.attempts, record.channel.name) == (2, "good")
+    assert "took longer than 1s" in Channel.objects.get(name="ch-a").last_error
+
+
+def test_an_answer_over_the_size_limit_is_a_channel_failure(live_server, fake_upstream, settings):
+    settings.RELAY_MAX_RESPONSE_BYTES = 1000
+    _, key, _ = routed(fake_upstream)
+    fake_upstream.configure(body=b'{"choices": [], "pad": "' + b"x" * 5000 + b'"}')
+    response = post(
+        live_server,
+        "/v1/chat/completions",
+        key,
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert response.status_code == 502
+    assert "larger than 1000 bytes" in response.json()["error"]["message"]
+    assert UsageRecord.objects.get().cost == 0
+
+
+def test_a_stream_past_its_maximum_duration_ends_in_band(live_server, fake_upstream, settings):
+    settings.RELAY_MAX_STREAM_SECONDS = 0.5
+    _, key, _ = routed(fake_upstream)
+    fake_upstream.configure(chunks=["tick "] * 20, chunk_interval=0.1)
+    response = stream_post(live_server, key)
+    assert b"the stream ran longer than 0.5s" in response.content
+    assert response.content.endswith(b"data: [DONE]\n\n")
+    record = UsageRecord.objects.get()
+    assert record.status == "stream_error" and record.completion_tokens > 0

@@ -8,7 +8,7 @@ from django.utils.html import format_html
 
 from airouter.admin_display import CSS, badge
 from billing.pricing import money
-from groups.models import AUTO, Group
+from groups.models import AUTO, LIMIT_FIELDS, Group, limits_label
 from tokens import form_once, issuing
 from tokens.models import Token
 
@@ -41,6 +41,7 @@ class TokenForm(forms.ModelForm):
             "spend_limit",
             "allowed_models",
             "allowed_ips",
+            *LIMIT_FIELDS,
         )
 
     def __init__(self, *args, **kwargs):
@@ -86,6 +87,7 @@ class TokenAddForm(TokenForm):
             allowed_models=data["allowed_models"],
             allowed_ips=data["allowed_ips"],
             expires_at=data["expires_at"],
+            **{field: data[field] for field in LIMIT_FIELDS},
         )
         return self.instance
 
@@ -105,6 +107,7 @@ EDITABLE = (
     "spend_limit",
     "allowed_models",
     "allowed_ips",
+    *LIMIT_FIELDS,
 )
 
 
@@ -118,6 +121,7 @@ class TokenAdmin(admin.ModelAdmin):
         "owner",
         "routing",
         "spend",
+        "limits",
         "expires_at",
         "status_badge",
         "last_used_at",
@@ -139,7 +143,7 @@ class TokenAdmin(admin.ModelAdmin):
         return super().get_form(request, obj, change=change, **kwargs)
 
     def get_fieldsets(self, request, obj=None):
-        limits = ("expires_at", "spend_limit", "allowed_models", "allowed_ips")
+        limits = ("expires_at", "spend_limit", "allowed_models", "allowed_ips", *LIMIT_FIELDS)
         if obj is None:
             return (
                 (None, {"fields": ("owner", "name", "route", "form_once")}),
@@ -213,6 +217,10 @@ class TokenAdmin(admin.ModelAdmin):
     def spend(self, token):
         limit = "no limit" if token.spend_limit is None else money(token.spend_limit)
         return f"{money(token.spent)} / {limit}"
+
+    @admin.display(description="rate limits")
+    def limits(self, token):
+        return limits_label(token) or "-"
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, token):

@@ -1,6 +1,7 @@
 """DRF authentication for /v1: `Authorization: Bearer sk-...` or `x-api-key: sk-...`.
 
-One indexed query (the token with its owner) per request; `Token.refusal()` decides. A refused key
+One indexed query (the token with its owner and the owner's group, for the rate limits)
+per request; `Token.refusal()` decides. A refused key
 raises `KeyRefused`, which the relay renders as its error envelope: 401 invalid_api_key (the key
 shown masked), 401 token_expired, 403 ip_not_allowed. The client IP is REMOTE_ADDR, or behind
 RELAY_TRUSTED_PROXIES the right-most X-Forwarded-For address that is not a trusted proxy.
@@ -19,6 +20,7 @@ from django.utils.dateparse import parse_datetime
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import APIException
 
+from groups.models import LIMIT_FIELDS, Group
 from tokens.models import Token, hash_key, mask_key, parse_ip
 
 CHALLENGE = "Bearer"
@@ -49,8 +51,12 @@ TOKEN_FIELDS = {
     "spend_limit",
     "allowed_models",
     "allowed_ips",
+    *LIMIT_FIELDS,
 }
-OWNER_FIELDS = {"id", "username", "is_active", "group_id"}
+OWNER_FIELDS = {"id", "username", "is_active", "group_id", *LIMIT_FIELDS}
+# The owner's group only for its rate limits (the defaults of its users): the routing table
+# has the rest. Any other field of `token.owner.group` is loaded on first use, as before.
+GROUP_FIELDS = {"id", *LIMIT_FIELDS}
 
 
 def _in_model_order(model, names) -> list:
@@ -59,22 +65,26 @@ def _in_model_order(model, names) -> list:
 
 
 @cache
-def _lookup() -> tuple[str, list, list]:
+def _lookup() -> tuple[str, list, list, list]:
     user_model = get_user_model()
     token_fields = _in_model_order(Token, TOKEN_FIELDS)
     owner_fields = _in_model_order(user_model, OWNER_FIELDS)
+    group_fields = _in_model_order(Group, GROUP_FIELDS)
     qn = connection.ops.quote_name
     columns = [f"t.{qn(f.column)}" for f in token_fields]
     columns += [f"u.{qn(f.column)}" for f in owner_fields]
-    token_meta, user_meta = Token._meta, user_model._meta
+    columns += [f"g.{qn(f.column)}" for f in group_fields]
+    token_meta, user_meta, group_meta = Token._meta, user_model._meta, Group._meta
     # Identifiers come from the models' metadata; the key hash is a parameter.
     sql = (
         f"SELECT {', '.join(columns)} FROM {qn(token_meta.db_table)} t "  # noqa: S608
         f"INNER JOIN {qn(user_meta.db_table)} u ON u.{qn(user_meta.pk.column)} = t."
         f"{qn(token_meta.get_field('owner').column)} "
+        f"INNER JOIN {qn(group_meta.db_table)} g ON g.{qn(group_meta.pk.column)} = u."
+        f"{qn(user_meta.get_field('group').column)} "
         f"WHERE t.{qn(token_meta.get_field('key_hash').column)} = %s"
     )
-    return sql, token_fields, owner_fields
+    return sql, token_fields, owner_fields, group_fields
 
 
 def _python_value(field, value):
@@ -94,19 +104,23 @@ def _python_value(field, value):
 
 
 def token_for_hash(key_hash: str) -> Token | None:
-    """The token with this key hash and its owner (only the fields above loaded), or None."""
-    sql, token_fields, owner_fields = _lookup()
+    """The token with this key hash, its owner and the owner's group (only the fields above
+    loaded), or None."""
+    sql, token_fields, owner_fields, group_fields = _lookup()
     with connection.cursor() as cursor:
         cursor.execute(sql, [key_hash])
         row = cursor.fetchone()
     if row is None:
         return None
-    fields = token_fields + owner_fields
+    fields = token_fields + owner_fields + group_fields
     values = [_python_value(f, v) for f, v in zip(fields, row, strict=True)]
-    n = len(token_fields)
+    n, m = len(token_fields), len(token_fields) + len(owner_fields)
     token = Token.from_db(connection.alias, [f.attname for f in token_fields], values[:n])
     token.owner = get_user_model().from_db(
-        connection.alias, [f.attname for f in owner_fields], values[n:]
+        connection.alias, [f.attname for f in owner_fields], values[n:m]
+    )
+    token.owner.group = Group.from_db(
+        connection.alias, [f.attname for f in group_fields], values[m:]
     )
     return token
 

@@ -1,4 +1,5 @@
-"""The key page's create form: the group is a choice among the owner's usable groups or auto."""
+"""The key page's create form: the group is a choice among the owner's usable groups or auto;
+optional limits: spend, expiry, models, and rate limits on top of the account's own."""
 
 from django import forms
 from django.utils.timezone import now
@@ -31,6 +32,25 @@ class CreateTokenForm(forms.Form):
         required=False,
         max_length=2000,
         help_text="Optional, comma-separated. Empty: every model of the group.",
+    )
+
+    rpm = forms.IntegerField(
+        label="Requests per minute",
+        required=False,
+        min_value=1,
+        help_text="Optional. Empty: only your account's limits apply.",
+    )
+    tpm = forms.IntegerField(
+        label="Tokens per minute",
+        required=False,
+        min_value=1,
+        help_text="Optional: prompt + completion tokens. Empty: only your account's limits apply.",
+    )
+    max_concurrency = forms.IntegerField(
+        label="Concurrent requests",
+        required=False,
+        min_value=1,
+        help_text="Optional: requests in flight at once. Empty: only your account's limits apply.",
     )
 
     def __init__(self, *args, owner, **kwargs):

@@ -37,8 +37,12 @@ def create_token(
     allowed_models: str = "",
     allowed_ips: str = "",
     expires_at: datetime | None = None,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    max_concurrency: int | None = None,
 ) -> tuple[Token, str]:
-    """Create a token for owner; return it with the full key, which is never stored."""
+    """Create a token for owner; return it with the full key, which is never stored. The rate
+    limits (None: none on the key) apply on top of the owner's."""
     group, auto = resolve_group(owner, group_name)
     token = Token(
         owner=owner,
@@ -49,6 +53,9 @@ def create_token(
         allowed_models=allowed_models,
         allowed_ips=allowed_ips,
         expires_at=expires_at,
+        rpm=rpm,
+        tpm=tpm,
+        max_concurrency=max_concurrency,
     )
     key = token.set_new_key()
     token.full_clean(exclude=["key_hash", "key_prefix"])

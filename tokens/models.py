@@ -12,7 +12,15 @@ from django.db.models import Q
 from django.utils.timezone import now
 
 from airouter.lists import split_list
-from groups.models import AUTO, MONEY, Group
+from groups.models import (
+    AUTO,
+    MONEY,
+    Group,
+    concurrency_field,
+    limits_label,
+    rpm_field,
+    tpm_field,
+)
 
 KEY_ALPHABET = string.ascii_letters + string.digits
 KEY_PREFIX = "sk-"
@@ -96,6 +104,9 @@ class Token(models.Model):
     allowed_ips = models.TextField(
         "allowed client IPs", blank=True, help_text="IPs or CIDRs, comma-separated; empty: any."
     )
+    rpm = rpm_field("none on the key (its owner's limits still apply)")
+    tpm = tpm_field("none on the key")
+    max_concurrency = concurrency_field("none on the key")
     last_used_at = models.DateTimeField(null=True, blank=True)
     created = models.DateTimeField(default=now, editable=False)
 
@@ -142,6 +153,10 @@ class Token(models.Model):
         if self.auto:
             return AUTO
         return self.group.name if self.group_id else f"{self.owner.group.name} (default)"
+
+    @property
+    def limits_label(self) -> str:
+        return limits_label(self)
 
     @property
     def model_allowlist(self) -> list[str]:

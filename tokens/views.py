@@ -8,6 +8,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
 from channels_app.routing import reachable_models
+from groups.models import limits_label
 from tokens import form_once
 from tokens.forms import CreateTokenForm
 from tokens.issuing import create_token, revoke
@@ -24,6 +25,7 @@ def _keys_page(request, form):
         "form_once": posted_once,
         "tokens": tokens,
         "default_group": request.user.group,
+        "account_limits": limits_label(request.user.rate_limits()),
     }
     return render(request, "pages/keys.html", context)
 
@@ -51,6 +53,9 @@ def keys(request):
             spend_limit=data["spend_limit"],
             expires_at=data["expires_at"],
             allowed_models=data["allowed_models"],
+            rpm=data["rpm"],
+            tpm=data["tpm"],
+            max_concurrency=data["max_concurrency"],
         )
     except ValidationError as exc:
         form.add_error("group", exc.messages)

@@ -11,7 +11,7 @@ import time
 
 from airouter import observability
 from airouter.relay.formats import text_chars
-from billing import ledger, pricing
+from billing import ledger, pricing, spool
 from billing.models import UsageRecord
 from billing.pricing import Usage
 
@@ -101,44 +101,54 @@ class Exchange:
                     "relay %s: cost %s overran the hold %s", self.request_id, cost, self.hold.amount
                 )
         latency_ms = self.elapsed_ms()
+        outcome = {
+            "group_id": attempt.group.id if attempt else None,
+            "channel_id": attempt.channel.id if attempt else None,
+            "upstream_model": attempt.channel.upstream_model(self.model) if attempt else "",
+            "prompt_tokens": usage.input_tokens,
+            "completion_tokens": usage.output_tokens,
+            "cached_tokens": usage.cached_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+            "input_rate": rates.input if rates else 0,
+            "output_rate": rates.output if rates else 0,
+            "cached_input_rate": rates.cached_input if rates else 0,
+            "cache_write_rate": rates.cache_write if rates else 0,
+            "multiplier": attempt.multiplier if attempt else 1,
+            "cost": cost,
+            "overrun": overrun,
+            "estimated": estimated,
+            "usage_corrected": corrected,
+            "status": status,
+            "status_code": status_code,
+            "error": error[:2000],
+            "attempts": self.attempts,
+            "latency_ms": latency_ms,
+            "ttft_ms": self.ttft_ms,
+        }
         try:
-            settled = ledger.settle(
-                self.hold,
-                group_id=attempt.group.id if attempt else None,
-                channel_id=attempt.channel.id if attempt else None,
-                upstream_model=attempt.channel.upstream_model(self.model) if attempt else "",
-                prompt_tokens=usage.input_tokens,
-                completion_tokens=usage.output_tokens,
-                cached_tokens=usage.cached_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                reasoning_tokens=usage.reasoning_tokens,
-                input_rate=rates.input if rates else 0,
-                output_rate=rates.output if rates else 0,
-                cached_input_rate=rates.cached_input if rates else 0,
-                cache_write_rate=rates.cache_write if rates else 0,
-                multiplier=attempt.multiplier if attempt else 1,
-                cost=cost,
-                overrun=overrun,
-                estimated=estimated,
-                usage_corrected=corrected,
-                status=status,
-                status_code=status_code,
-                error=error[:2000],
-                attempts=self.attempts,
-                latency_ms=latency_ms,
-                ttft_ms=self.ttft_ms,
-            )
+            settled = ledger.settle(self.hold, **outcome)
         except Exception:
             # The client already has (or is getting) its answer: failing it now would only make
-            # it retry and pay the upstream twice. The record stays pending for release_holds;
-            # this line is what billing reconciles it with.
+            # it retry and pay the upstream twice. The outcome is kept and settled as soon as
+            # the database takes it (billing.spool; release_holds replays it too).
             logger.exception(
-                "relay %s: could not settle (record %s stays pending): status=%s cost=%s",
+                "relay %s: could not settle record %s (cost %s): kept for retry",
                 self.request_id,
                 self.hold.record_id,
-                status,
                 cost,
             )
+            try:
+                spool.keep(self.hold.record_id, outcome)
+            except Exception:
+                logger.exception(
+                    "relay %s: could not keep the settle either: record %s stays pending "
+                    "(status=%s cost=%s)",
+                    self.request_id,
+                    self.hold.record_id,
+                    status,
+                    cost,
+                )
             return
         if not settled:
             logger.error(

@@ -106,7 +106,7 @@ def media_parts(value, depth=0) -> tuple[int, int]:
             p, s = media_parts(item, depth + 1)
             parts, size = parts + p, size + s
     elif isinstance(value, dict):
-        if value.get("type") in MEDIA_TYPES:
+        if isinstance(value.get("type"), str) and value["type"] in MEDIA_TYPES:
             return 1, _strings_length(value)
         for key in ("messages", "content", "input", "output"):
             if key in value:

@@ -20,6 +20,9 @@ closes the generator when the response closes).
 import json
 import logging
 import re
+import time
+
+from django.conf import settings
 
 from airouter.relay.exchange import needs_estimate
 from airouter.relay.formats import FORMATS, text_chars
@@ -145,6 +148,7 @@ class EventStream:
         complete = False
         pending = b""
         data = self.first
+        deadline = exchange.started + settings.RELAY_MAX_STREAM_SECONDS
         try:
             while data:
                 buffer = pending + data if pending else data
@@ -173,6 +177,11 @@ class EventStream:
                         yield self._out(out)
                 if self.finished and not self.bridge.native:
                     break  # converted: nothing after the final event matters
+                if time.monotonic() > deadline:
+                    raise upstream.UpstreamError(
+                        f"the stream ran longer than {settings.RELAY_MAX_STREAM_SECONDS:g}s",
+                        status=504,
+                    )
                 data = upstream.read_chunk(self.response, channel.read_timeout)
             complete = not data
             if pending:  # a last event without its blank line

@@ -38,6 +38,7 @@ from billing import ledger, pricing
 from billing.models import UsageRecord
 from channels_app import health, routing, transports, upstream
 from channels_app.models import Channel
+from tokens import limits as rate_limits
 from tokens.authentication import TokenAuthentication
 
 RETRY_AFTER_NO_CHANNEL = "30"
@@ -158,15 +159,34 @@ def model_not_found(plan) -> RelayError:
 
 
 def read_body(request) -> bytes:
-    """The body, up to RELAY_MAX_BODY_BYTES (a chunked body, without Content-Length, too)."""
+    """The body, up to RELAY_MAX_BODY_BYTES (413 past it), with a Content-Length or without.
+
+    Django reads `Content-Length` bytes, none without one. A chunked body (curl, `requests`
+    with a generator, HTTP/2) has none: it is read from the server's own input stream, which
+    gunicorn de-chunks and ends (`wsgi.input_terminated`). A server that does not say so
+    (Django's runserver) hands the chunks to nobody: 411, send a Content-Length.
+    """
     limit = settings.RELAY_MAX_BODY_BYTES
+    meta = request.META
     try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
+        length = int(meta.get("CONTENT_LENGTH") or 0)
     except ValueError:
         length = 0
     if length > limit:
         raise too_large(limit)
-    raw = request._request.read(limit + 1)
+    if length:
+        stream = request._request
+    elif meta.get("wsgi.input_terminated"):
+        stream = meta["wsgi.input"]
+    elif "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower():
+        raise RelayError(
+            411,
+            "This server cannot read a chunked request body: send it with a Content-Length.",
+            code="length_required",
+        )
+    else:
+        return b""
+    raw = stream.read(limit + 1)
     if len(raw) > limit:
         raise too_large(limit)
     return raw
@@ -186,49 +206,67 @@ def checked_model(token, body: dict) -> str:
 
 def relay(request, fmt: ClientFormat):
     token = request.auth
-    raw = read_body(request)
-    body = fmt.parse(raw)
-    model = checked_model(token, body)
-    stream = fmt.is_stream(body)
-    plan = routing.plan(token, model, endpoint=fmt.endpoint)
-    attempts = plan.attempts[: settings.RELAY_MAX_ATTEMPTS]
-    if not attempts:
-        raise no_route(plan)
-
-    # The hold: an upper bound of the prompt plus every completion token allowed, at the
-    # dearest of the planned attempts.
-    hold_amount = pricing.hold_amount(
-        fmt.prompt_bound(len(raw), body),
-        fmt.completion_bound(body),
-        [(a.rates, a.multiplier) for a in attempts],
-    )
+    limits = rate_limits.of(token)  # None: no rate limit applies to this key
+    lease = exchange = None
     try:
-        hold = ledger.reserve(
-            token,
-            hold_amount,
-            request_id=request.request_id,
-            endpoint=fmt.endpoint,
-            model=model,
-            stream=stream,
+        raw = read_body(request)
+        body = fmt.parse(raw)
+        model = checked_model(token, body)
+        stream = fmt.is_stream(body)
+        plan = routing.plan(token, model, endpoint=fmt.endpoint)
+        attempts = plan.attempts[: settings.RELAY_MAX_ATTEMPTS]
+        if not attempts:
+            raise no_route(plan)
+
+        # The hold: an upper bound of the prompt plus every completion token allowed, at the
+        # dearest of the planned attempts. The rate limits count these tokens first: a request
+        # over a limit is refused (429) with nothing held, forwarded or recorded.
+        prompt_bound, completion_bound = (
+            fmt.prompt_bound(len(raw), body),
+            fmt.completion_bound(body),
         )
-    except ledger.InsufficientQuota as exc:
-        raise RelayError(
-            429,
-            exc.message,
-            type="insufficient_quota",
-            code="insufficient_quota",
-            headers={"x-should-retry": "false"},
-        ) from None
+        if limits is not None:
+            lease = limits.take(prompt_bound + completion_bound, model, request.request_id)
+        hold_amount = pricing.hold_amount(
+            prompt_bound, completion_bound, [(a.rates, a.multiplier) for a in attempts]
+        )
+        try:
+            hold = ledger.reserve(
+                token,
+                hold_amount,
+                request_id=request.request_id,
+                endpoint=fmt.endpoint,
+                model=model,
+                stream=stream,
+            )
+        except ledger.InsufficientQuota as exc:
+            raise RelayError(
+                429,
+                exc.message,
+                type="insufficient_quota",
+                code="insufficient_quota",
+                headers={"x-should-retry": "false"},
+            ) from None
 
-    exchange = Exchange(request.request_id, token, fmt.endpoint, model, body, stream, hold)
-    try:
-        response = forward(exchange, request, raw, attempts)
+        exchange = (Exchange if lease is None else rate_limits.LimitedExchange)(
+            request.request_id, token, fmt.endpoint, model, body, stream, hold
+        )
+        if lease is not None:  # its settle settles the lease: tokens corrected, slot given back
+            exchange.lease = lease
+        try:
+            response = forward(exchange, request, raw, attempts)
+        except BaseException as exc:
+            if not exchange.settled:
+                error = exc.message if isinstance(exc, RelayError) else f"{type(exc).__name__}"
+                exchange.settle(UsageRecord.Status.UPSTREAM_ERROR, None, error=error)
+            raise
     except BaseException as exc:
-        if not exchange.settled:
-            error = exc.message if isinstance(exc, RelayError) else f"{type(exc).__name__}"
-            exchange.settle(UsageRecord.Status.UPSTREAM_ERROR, None, error=error)
+        if lease is not None and exchange is None:
+            lease.settle(0)  # refused before the hold: the slot and the tokens go back now
+        if limits is not None:
+            limits.add_headers(exc, lease)
         raise
-    return response
+    return response if lease is None else lease.apply(response)
 
 
 def release_db_connection() -> None:
@@ -432,38 +470,56 @@ def _wants_usage(body: dict) -> bool:
 
 def count_tokens(request):
     """/v1/messages/count_tokens: asked of the first anthropic channel of the plan, estimated
-    otherwise (or when that channel fails). Free: no hold, no usage record."""
+    otherwise (or when that channel fails). Free: no hold, no usage record. Rate limits count
+    it as a request of no tokens."""
     token = request.auth
-    fmt = FORMATS["messages/count_tokens"]
-    raw = read_body(request)
-    body = fmt.parse(raw)
-    model = checked_model(token, body)
-    plan = routing.plan(token, model, endpoint=fmt.endpoint)
-    attempts = plan.attempts[: settings.RELAY_MAX_ATTEMPTS]
-    if not attempts:
-        raise no_route(plan)
-    expose = settings.RELAY_EXPOSE_CHANNEL
-    for attempt in attempts:
-        channel = attempt.channel
-        transport = transports.transport(channel)
-        if not transport.counts_tokens:
-            continue
-        release_db_connection()
-        payload = dumps(dict(body, model=channel.upstream_model(model)))
-        result = transport.send(
-            "messages/count_tokens",
-            payload,
-            stream=False,
-            key=channel.key,
-            client_headers=client_headers(request, fmt.endpoint),
-        )
-        health.record(channel, result)
-        if result.ok or result.outcome == Outcome.REFUSED:  # the upstream's own answer
-            data = result.data if result.ok else upstream.scrub(result.data, channel.key)
-            response = HttpResponse(data, status=result.status, content_type="application/json")
-            return served(response, attempt, expose)
-    estimate = pricing.estimate_tokens(text_chars(body))
-    return served(json_response(200, {"input_tokens": estimate}), attempts[0], expose)
+    limits = rate_limits.of(token)  # None: no rate limit applies to this key
+    lease = None
+    try:
+        fmt = FORMATS["messages/count_tokens"]
+        raw = read_body(request)
+        body = fmt.parse(raw)
+        model = checked_model(token, body)
+        plan = routing.plan(token, model, endpoint=fmt.endpoint)
+        attempts = plan.attempts[: settings.RELAY_MAX_ATTEMPTS]
+        if not attempts:
+            raise no_route(plan)
+        if limits is not None:
+            lease = limits.take(0, model, request.request_id)
+        expose = settings.RELAY_EXPOSE_CHANNEL
+        for attempt in attempts:
+            channel = attempt.channel
+            transport = transports.transport(channel)
+            if not transport.counts_tokens:
+                continue
+            release_db_connection()
+            payload = dumps(dict(body, model=channel.upstream_model(model)))
+            result = transport.send(
+                "messages/count_tokens",
+                payload,
+                stream=False,
+                key=channel.key,
+                client_headers=client_headers(request, fmt.endpoint),
+            )
+            health.record(channel, result)
+            if result.ok or result.outcome == Outcome.REFUSED:  # the upstream's own answer
+                data = result.data if result.ok else upstream.scrub(result.data, channel.key)
+                response = HttpResponse(data, status=result.status, content_type="application/json")
+                break
+        else:
+            attempt = attempts[0]
+            response = json_response(
+                200, {"input_tokens": pricing.estimate_tokens(text_chars(body))}
+            )
+        response = served(response, attempt, expose)
+    except BaseException as exc:
+        if limits is not None:
+            limits.add_headers(exc, lease)
+        raise
+    finally:
+        if lease is not None:
+            lease.settle(0)  # its slot, at once
+    return response if lease is None else lease.apply(response)
 
 
 _DECODER = json.JSONDecoder()

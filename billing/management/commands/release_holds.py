@@ -1,38 +1,57 @@
-"""Give back the holds of requests that never settled.
+"""Settle what the database refused, then give back the holds of requests that never settled.
 
 A request's hold is written as a pending usage record before anything is forwarded, and
-settled when the request ends, however it ends. Only a request that never settled leaves one
-pending: its process died (killed, out of memory, a restart that outlived the graceful timeout)
-or the database failed as it settled (logged at ERROR with the cost). Run this from cron: it
-refunds holds older than --older-than minutes, which must exceed the longest request.
+settled when the request ends, however it ends. A settle the database refused is kept
+(billing.spool) and replayed first, so it is billed, not refunded. Only a request whose process
+died (killed, out of memory, a restart that outlived the graceful timeout) still leaves a hold
+pending: this refunds those older than --older-than minutes, and never one younger than the
+longest a request may run (its attempts' total timeouts, or a stream's maximum duration), since
+that request may still be running. Run it from cron.
 """
 
+import math
 from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
 
-from billing.ledger import release_stale_holds
+from billing import spool
+from billing.ledger import longest_request, release_stale_holds
 
 
 class Command(BaseCommand):
-    help = "Refund the holds of requests that never settled (their process died)."
+    help = "Replay kept settles, then refund the holds of requests that never settled."
+    requires_system_checks = []  # run from cron: `check` and `migrate` report them
 
     def add_arguments(self, parser):
         parser.add_argument(
             "--older-than",
             type=int,
-            default=60,
             metavar="MINUTES",
-            help="Only holds taken at least this long ago (default 60; longer than any request).",
+            help="Only holds taken at least this long ago (default and minimum: the longest a "
+            "request may run, rounded up to a minute).",
         )
         parser.add_argument("--dry-run", action="store_true", help="Count, change nothing.")
 
     def handle(self, *args, **options):
-        minutes = options["older_than"]
-        if minutes < 1:
-            raise CommandError("--older-than must be at least 1 minute.")
+        floor = math.ceil(longest_request() / 60)  # whole minutes
+        minutes = options["older_than"] if options["older_than"] is not None else floor
+        if minutes < floor:
+            raise CommandError(
+                f"--older-than {minutes}: a request may still be running after {floor} minutes "
+                "(RELAY_MAX_STREAM_SECONDS, the channels' total timeouts): give at least that."
+            )
+        verbose = options["verbosity"] >= 1
+        if not options["dry_run"]:
+            settled, remaining = spool.replay()
+            if verbose and (settled or remaining):
+                self.stdout.write(f"Settled {settled} kept settle(s); {remaining} still kept.")
+            if remaining:
+                raise CommandError(
+                    f"{remaining} kept settle(s) could not be written (is the database up?): "
+                    "nothing was released."
+                )
         count = release_stale_holds(timedelta(minutes=minutes), dry_run=options["dry_run"])
-        if options["verbosity"] < 1:
+        if not verbose:
             return
         if not count:
             self.stdout.write(f"Nothing to do: no hold older than {minutes} minutes.")

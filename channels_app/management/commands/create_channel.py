@@ -8,7 +8,13 @@ import argparse
 
 from django.core.management.base import BaseCommand
 
-from airouter.arguments import decimal_or_none, int_or_none, name_list, validation_as_command_error
+from airouter.arguments import (
+    decimal_or_none,
+    int_or_none,
+    name_list,
+    seconds_or_none,
+    validation_as_command_error,
+)
 from channels_app.models import Channel
 from channels_app.provisioning import parse_model_map, save_channel
 
@@ -49,6 +55,14 @@ class Command(BaseCommand):
             help="Price per 1M prompt tokens written to the cache (unset: the input price).",
         )
         parser.add_argument("--model-map", help="public=upstream,... name rewrites.")
+        parser.add_argument("--connect-timeout", help="Seconds to open a connection (default 5).")
+        parser.add_argument(
+            "--read-timeout", help="Longest silence between bytes, in seconds (default 60)."
+        )
+        parser.add_argument(
+            "--total-timeout",
+            help="Longest a whole non-stream answer may take, in seconds (default 600).",
+        )
 
     def handle(self, *args, **options):
         with validation_as_command_error():
@@ -70,6 +84,9 @@ class Command(BaseCommand):
                     options["cache_write_price"], "--cache-write-price"
                 ),
                 kind=options["kind"],
+                connect_timeout=seconds_or_none(options["connect_timeout"], "--connect-timeout"),
+                read_timeout=seconds_or_none(options["read_timeout"], "--read-timeout"),
+                total_timeout=seconds_or_none(options["total_timeout"], "--total-timeout"),
                 responses_api=options["responses_api"],
                 model_map=parse_model_map(model_map) if model_map is not None else None,
             )

@@ -1,14 +1,17 @@
 """Show where a token's request for a model would go, without sending anything.
 
-The operator's answer to "which channel will this key land on?": the ordered attempts, and for
-an empty plan, why each group and channel was left out.
+The operator's answer to "which channel will this key land on?": the ordered attempts, the
+state of each channel's circuit breaker, and for an empty plan, why each group and channel was
+left out.
 """
+
+import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from billing.pricing import money
-from channels_app import routing
+from channels_app import breaker, routing
 from tokens.models import DISPLAY_PREFIX_LENGTH, Token
 
 
@@ -54,6 +57,7 @@ class Command(BaseCommand):
         for problem in token_problems(token, model):
             out.write(self.style.WARNING(f"Note: {problem}"))
 
+        breaker.refresh(wait=True)  # the shared breakers as they are now (with REDIS_URL)
         plan = routing.plan(token, model, endpoint=endpoint, explain=True)
         if not plan.attempts:
             out.write(self.style.ERROR(f"No attempt: nothing can serve {model} for this token."))
@@ -101,9 +105,30 @@ class Command(BaseCommand):
             f"A request makes at most {limit} of these attempts. Inside a priority tier the "
             "order is weighted random: this is one draw."
         )
+        self.write_breakers(plan)
         if options["verbosity"] > 1:
             for note in plan.notes:
                 out.write(f"  - {note}")
+
+    def write_breakers(self, plan):
+        """The breaker of each channel listed, and of those left out because it is open."""
+        out = self.stdout
+        states, now = breaker.current(), time.time()
+        where = "shared through Redis" if settings.REDIS_URL else "this process's own"
+        out.write(f"Circuit breakers ({where}):")
+        channels = [a.channel for a in plan.attempts] + plan.cooling
+        width = max(len(ch.name) for ch in channels)
+        for ch in channels:
+            text = breaker.describe(states.get(ch.id), now)
+            if ch in plan.cooling:
+                text += ": left out"
+            line = f"  {ch.name.ljust(width)}  {text}"
+            out.write(line if text == breaker.CLOSED else self.style.WARNING(line))
+        if not settings.REDIS_URL:
+            out.write(
+                "  (without REDIS_URL every server process keeps its own breakers: this "
+                "command sees none of them)"
+            )
 
 
 ENDPOINTS = (

@@ -1,7 +1,7 @@
 """Create a routing group, or update one: scripts re-run it safely to converge on a config.
 
 Options not given keep their current value on update; --no-selectable and
---no-pricing-confirmed switch those flags off.
+--no-pricing-confirmed switch those flags off, and a rate limit given as "none" is removed.
 """
 
 import argparse
@@ -9,11 +9,15 @@ import argparse
 from django.core.management.base import BaseCommand
 
 from airouter.arguments import decimal_or_none, int_or_none, validation_as_command_error
-from groups.provisioning import save_group
+from groups.models import limits_label
+from groups.provisioning import add_limit_arguments, limit_options, save_group
 
 
 class Command(BaseCommand):
-    help = "Create or update a group (multiplier, auto priority, selectable, pricing confirmed)."
+    help = (
+        "Create or update a group (multiplier, auto priority, selectable, pricing confirmed, "
+        "the default rate limits of its users)."
+    )
     requires_system_checks = []  # like createsuperuser: `check` and `migrate` report them
 
     def add_arguments(self, parser):
@@ -33,6 +37,7 @@ class Command(BaseCommand):
             help="The rates and multiplier are final (silences the pricing TBD warnings).",
         )
         parser.add_argument("--description")
+        add_limit_arguments(parser, "for each user of the group, by default")
 
     def handle(self, *args, **options):
         with validation_as_command_error():
@@ -43,10 +48,13 @@ class Command(BaseCommand):
                 user_selectable=options["selectable"],
                 pricing_confirmed=options["pricing_confirmed"],
                 description=options["description"],
+                **limit_options(options),
             )
         group = saved.obj
         if saved.created:
             summary = f"Created group '{group.name}' (multiplier {group.multiplier})."
+            if limits_label(group):
+                summary += f" Default limits per user: {limits_label(group)}."
         elif saved.changed:
             summary = f"Updated group '{group.name}': {', '.join(saved.changed)}."
         else:

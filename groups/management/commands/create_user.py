@@ -1,4 +1,4 @@
-"""Create an API user, or update one's default group, balance or email.
+"""Create an API user, or update one's default group, balance, email or rate limits.
 
 API users get no password: they call /v1 with tokens. An operator can set a password in the
 admin if they should sign in to the key page.
@@ -7,11 +7,12 @@ admin if they should sign in to the key page.
 from django.core.management.base import BaseCommand
 
 from airouter.arguments import decimal_or_none, validation_as_command_error
-from groups.provisioning import save_user
+from groups.models import limits_label
+from groups.provisioning import add_limit_arguments, limit_options, save_user
 
 
 class Command(BaseCommand):
-    help = "Create or update an API user (default group, balance, email)."
+    help = "Create or update an API user (default group, balance, email, rate limits)."
     requires_system_checks = []  # like createsuperuser: `check` and `migrate` report them
 
     def add_arguments(self, parser):
@@ -19,6 +20,7 @@ class Command(BaseCommand):
         parser.add_argument("--group", help="Default group name (new users: 'default').")
         parser.add_argument("--balance", help="Set the balance to this amount.")
         parser.add_argument("--email")
+        add_limit_arguments(parser, "for the user, over their group's default")
 
     def handle(self, *args, **options):
         with validation_as_command_error():
@@ -27,6 +29,7 @@ class Command(BaseCommand):
                 group_name=options["group"],
                 balance=decimal_or_none(options["balance"], "--balance"),
                 email=options["email"],
+                **limit_options(options),
             )
         user = saved.obj
         if saved.created:
@@ -34,6 +37,8 @@ class Command(BaseCommand):
                 f"Created user '{user.username}' in group '{user.group.name}', "
                 f"balance {user.balance}."
             )
+            if limits_label(user):
+                summary += f" Limits: {limits_label(user)}."
         elif saved.changed:
             summary = f"Updated user '{user.username}': {', '.join(saved.changed)}."
         else:

@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils.timezone import now
 
 from airouter.arguments import decimal_or_none, moment, name_list, validation_as_command_error
+from groups.provisioning import CLEAR, add_limit_arguments, limit_options
 from tokens.issuing import create_token
 
 
@@ -24,6 +25,7 @@ class Command(BaseCommand):
         parser.add_argument("--models", help="Comma-separated models it may call (default all).")
         parser.add_argument("--allow-ip", help="Comma-separated client IPs or CIDRs (default any).")
         parser.add_argument("--expires", help="ISO 8601 date or date-time (UTC if no offset).")
+        add_limit_arguments(parser, "for this key, on top of its owner's")
 
     def handle(self, *args, **options):
         username = options["username"]
@@ -34,6 +36,10 @@ class Command(BaseCommand):
         if expires_at is not None and expires_at <= now():
             raise CommandError(f"--expires: {options['expires']} is in the past.")
         with validation_as_command_error():
+            limits = {
+                field: None if value == CLEAR else value
+                for field, value in limit_options(options).items()
+            }
             token, key = create_token(
                 owner,
                 name=options["name"],
@@ -42,6 +48,7 @@ class Command(BaseCommand):
                 allowed_models=",".join(name_list(options["models"]) or []),
                 allowed_ips=",".join(name_list(options["allow_ip"]) or []),
                 expires_at=expires_at,
+                **limits,
             )
         self.stdout.write(key)
         if options["verbosity"] >= 1:

@@ -1,0 +1,167 @@
+"""Settles the database refused, kept until they land.
+
+A request whose settle fails (the database down for a moment, a lock timeout) has already been
+answered: its usage record stays pending with the hold on the balance. Its outcome is kept
+here instead of only in a log line: in Redis (a list every instance shares) when REDIS_URL is
+set, else in a file per process under SETTLE_SPOOL_DIR. A thread of the process retries every
+RETRY_EVERY seconds until the spool is empty, and `release_holds` replays every kept settle
+before it releases anything, so a request served while the database was away is billed what
+it cost, once (settling only ever moves a pending record).
+"""
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import redis
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections
+
+from airouter import shared_state
+from billing import ledger
+from billing.models import UsageRecord
+
+logger = logging.getLogger(__name__)
+
+KEY = "airouter:settle-spool"
+RETRY_EVERY = 5.0
+
+_lock = threading.Lock()
+_retrier: threading.Thread | None = None
+
+
+def _directory() -> Path:
+    return Path(settings.SETTLE_SPOOL_DIR)
+
+
+def _own_file() -> Path:
+    return _directory() / f"{socket.gethostname()}-{os.getpid()}.jsonl"
+
+
+def keep(record_id: int, outcome: dict) -> None:
+    """Keep a settle that failed, and make sure this process retries it."""
+    line = json.dumps({"record": record_id, "outcome": outcome}, default=str)
+    client = shared_state.client()
+    kept = False
+    if client is not None:
+        try:
+            client.rpush(KEY, line)
+            kept = True
+        except redis.RedisError as exc:
+            logger.warning("settle spool: Redis refused the settle (%s): kept on disk", exc)
+    if not kept:
+        directory = _directory()
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(_own_file(), "a", encoding="utf-8") as spool:
+            spool.write(line + "\n")
+            spool.flush()
+            os.fsync(spool.fileno())
+    _start_retrier()
+
+
+def replay() -> tuple[int, int]:
+    """Settle what is kept: (settled now, still kept). Stops at the first database error."""
+    settled = remaining = 0
+    client = shared_state.client()
+    if client is not None:
+        try:
+            s, r = _replay_redis(client)
+            settled, remaining = settled + s, remaining + r
+        except redis.RedisError as exc:
+            logger.warning("settle spool: Redis unreachable (%s)", exc)
+    directory = _directory()
+    if directory.is_dir():
+        for path in sorted(directory.glob("*.jsonl")):
+            s, r = _replay_file(path)
+            settled, remaining = settled + s, remaining + r
+    return settled, remaining
+
+
+def _settle(line: str) -> None:
+    """Settle one kept outcome (raises DatabaseError while the database still refuses)."""
+    kept = json.loads(line)
+    outcome = {
+        name: UsageRecord._meta.get_field(name).to_python(value)
+        for name, value in kept["outcome"].items()
+        if name not in ("group_id", "channel_id")
+    }
+    outcome["group_id"] = kept["outcome"].get("group_id")
+    outcome["channel_id"] = kept["outcome"].get("channel_id")
+    if not ledger.settle_record(kept["record"], outcome):
+        logger.error(
+            "settle spool: record %s was no longer pending (released meanwhile): cost %s was "
+            "not charged",
+            kept["record"],
+            outcome.get("cost"),
+        )
+
+
+def _replay_redis(client) -> tuple[int, int]:
+    settled = 0
+    while (line := client.lpop(KEY)) is not None:
+        try:
+            _settle(line.decode() if isinstance(line, bytes) else line)
+        except DatabaseError:
+            client.lpush(KEY, line)  # back in front; the database is still away
+            return settled, client.llen(KEY)
+        settled += 1
+    return settled, 0
+
+
+def _replay_file(path: Path) -> tuple[int, int]:
+    settled, left = 0, []
+    try:
+        spool = open(path, "r+", encoding="utf-8")  # noqa: SIM115  (locked below)
+    except FileNotFoundError:
+        return 0, 0
+    with spool:
+        fcntl.flock(spool, fcntl.LOCK_EX)  # one replayer per file at a time
+        lines = [line for line in spool.read().splitlines() if line.strip()]
+        for n, line in enumerate(lines):
+            try:
+                _settle(line)
+            except DatabaseError:
+                left = lines[n:]
+                break
+            except (ValueError, KeyError) as exc:  # a torn line: keep it for a human
+                logger.error("settle spool: unreadable line in %s: %s", path, exc)
+                left.append(line)
+                continue
+            settled += 1
+        spool.seek(0)
+        spool.truncate()
+        spool.write("".join(line + "\n" for line in left))
+    if not left:
+        path.unlink(missing_ok=True)
+    return settled, len(left)
+
+
+def _start_retrier() -> None:
+    global _retrier
+    with _lock:
+        if _retrier is not None and _retrier.is_alive():
+            return
+        _retrier = threading.Thread(target=_retry, name="settle-spool", daemon=True)
+        _retrier.start()
+
+
+def _retry() -> None:
+    while True:
+        time.sleep(RETRY_EVERY)
+        close_old_connections()
+        try:
+            settled, remaining = replay()
+        except Exception:
+            logger.exception("settle spool: replay failed")
+            continue
+        finally:
+            close_old_connections()
+        if settled:
+            logger.warning("settle spool: %d kept settle(s) landed", settled)
+        if not remaining:
+            return
