@@ -3,7 +3,8 @@ object (for log pipelines that index fields). settings.LOGGING picks this format
 
 A line carries time (UTC, ISO 8601), level, logger and message; a record logged with
 `extra={"fields": {...}}` (the relay's per-request line: airouter.observability) carries those
-fields at the top level too, and an exception its traceback under "exception".
+fields at the top level too, and an exception its traceback under "exception". Python's
+warnings are logged (logger "py.warnings") rather than printed.
 """
 
 import json
@@ -12,6 +13,12 @@ from datetime import UTC, datetime
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Python's warnings (WhiteNoise's missing static directory...) go through logging
+        # too, so that they are JSON lines as well, not bare text on stderr.
+        logging.captureWarnings(True)
+
     def format(self, record: logging.LogRecord) -> str:
         line = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),

@@ -105,9 +105,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 elif env.int("DATABASE_POOL_MAX_SIZE", default=16):
     # psycopg's pool, one per worker process. A gthread worker runs hundreds of threads and
     # Django's persistent connections are per thread: 1,000 held streams would exhaust the
-    # server's max_connections (bench/README.md). The pool drops connections that break in
-    # use; a health check on every checkout would cost a round trip per request.
+    # server's max_connections (bench/README.md).
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # The pool checks a connection before it lends it (one round trip): after a database
+    # restart no request fails on a connection that died meanwhile.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 2,
         "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=16),

@@ -453,14 +453,17 @@ class gunicorns:  # noqa: N801 (used as a context manager)
 
 @pytest.mark.skipif(not os.environ.get("BREAKER_MEASURE"), reason="set BREAKER_MEASURE=1")
 @pytest.mark.parametrize("death", ["HTTP 500", "read timeout 1 s"])
+@pytest.mark.parametrize("placement", ["tried first", "same tier"])
 def test_measure_attempts_and_latency_when_a_channel_dies(
-    live_server, fake_upstream_factory, settings, death
+    live_server, fake_upstream_factory, settings, death, placement
 ):
-    """30 requests over two channels of one tier (equal weights): both healthy; then one dead
-    without breakers (threshold 0), and with them (threshold 3)."""
+    """30 sequential requests over two channels, the dying one tried first (priority 10) or in
+    the same tier as the good one (equal weights): both healthy; then one dead without
+    breakers (threshold 0), and with them (threshold 3)."""
     group = make_group("pro")
     dying, good = fake_upstream_factory(), fake_upstream_factory()
-    make_channel("dying", groups=[group], base_url=dying.url, read_timeout=1.0)
+    priority = 10 if placement == "tried first" else 0
+    make_channel("dying", groups=[group], base_url=dying.url, read_timeout=1.0, priority=priority)
     make_channel("good", groups=[group], base_url=good.url)
     _, key = make_token(make_user("mia", group=group))
     client = sdk(live_server, key)
@@ -480,9 +483,9 @@ def test_measure_attempts_and_latency_when_a_channel_dies(
             timings.append((time.perf_counter() - started) * 1000)
         timings.sort()
         print(
-            f"{death:17} {label:26} attempts/request {sum(attempts) / 30:4.2f}  "
-            f"p50 {timings[14]:7.1f} ms  p90 {timings[26]:7.1f} ms  "
-            f"dead channel hit {len(dying.requests) if dead else 0:2}x"
+            f"{death:16} {placement:11} {label:26} attempts/request {sum(attempts) / 30:4.2f}  "
+            f"p50 {timings[14]:6.1f} ms  p90 {timings[26]:6.1f} ms  "
+            f"mean {sum(timings) / 30:6.1f} ms  dead hit {len(dying.requests) if dead else 0:2}x"
         )
 
     print()

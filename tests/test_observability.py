@@ -289,7 +289,8 @@ def test_log_format_json_makes_every_line_a_json_object():
     """The setting wires the formatter: a process started with LOG_FORMAT=json."""
     code = (
         "import logging, django; django.setup(); "
-        "logging.getLogger('airouter.x').warning('two\\nlines %s', 1)"
+        "logging.getLogger('airouter.x').warning('two\\nlines %s', 1); "
+        "import warnings; warnings.warn('a warning')"
     )
     done = subprocess.run(
         [sys.executable, "-c", code],
@@ -300,13 +301,14 @@ def test_log_format_json_makes_every_line_a_json_object():
         timeout=60,
         check=True,
     )
-    (line,) = done.stderr.splitlines()
-    parsed = json.loads(line)
+    lines = [json.loads(line) for line in done.stderr.splitlines()]  # every one is JSON
+    (parsed,) = [line for line in lines if line["logger"] == "airouter.x"]
     assert (parsed["level"], parsed["logger"], parsed["message"]) == (
         "WARNING",
         "airouter.x",
         "two\nlines 1",
     )
+    assert [line["logger"] for line in lines if "a warning" in line["message"]] == ["py.warnings"]
 
 
 # --- gunicorn: two workers, one sum ------------------------------------------------------------

@@ -41,6 +41,8 @@ LIMIT_HEADERS = [
     for what in ("limit", "remaining", "reset")
 ]
 
+pytestmark = pytest.mark.django_db(transaction=True)  # the live server's threads see the rows
+
 instances = test_instances.instances  # two gunicorn routers on this database, with Redis
 
 
@@ -275,7 +277,7 @@ def test_a_client_hanging_up_mid_stream_gives_its_slot_back(live_server, fake_up
     assert UsageRecord.objects.filter(status="client_disconnected").count() == 1
 
 
-def test_a_crashed_process_cannot_hold_a_slot_past_its_lease(fake_upstream, shared, settings, db):
+def test_a_crashed_process_cannot_hold_a_slot_past_its_lease(fake_upstream, shared, settings):
     settings.RATE_LIMIT_LEASE_SECONDS = 0.3
     token, _, _ = routed(fake_upstream)
     token.max_concurrency = 1
@@ -365,7 +367,7 @@ def test_every_answer_of_a_limited_key_has_the_headers(
 
     fake_upstream.configure(status=500, completion_tokens=1)
     failed = send(live_server, key, max_tokens=1)
-    assert failed.status_code == 502
+    assert failed.status_code >= 500 and failed.json()["error"]["code"] == "upstream_error"
     assert failed.headers["x-ratelimit-remaining-requests"] == "96"
     assert all(failed.headers[h] for h in LIMIT_HEADERS)
 
@@ -436,14 +438,14 @@ def test_a_failing_redis_never_fails_a_request(live_server, fake_upstream, setti
     with caplog.at_level("WARNING", logger="tokens.limits"):
         codes = [send(live_server, key, max_tokens=5).status_code for _ in range(3)]
     assert codes == [200, 200, 429]  # counted in this process
-    failures = [r for r in caplog.records if "Redis failed" in r.getMessage()]
+    failures = [r for r in caplog.records if r.name == "tokens.limits"]
     assert len(failures) == 1  # logged once
 
 
 # --- where operators and users set them ------------------------------------------------------
 
 
-def test_the_commands_take_the_limit_flags(db):
+def test_the_commands_take_the_limit_flags():
     out = StringIO()
     call_command("create_group", "pro", "--rpm", "60", "--tpm", "100000", stdout=out)
     assert "Default limits per user: 60 RPM, 100,000 TPM." in out.getvalue()
@@ -473,7 +475,7 @@ def test_the_commands_take_the_limit_flags(db):
     assert User.objects.get(username="carol").rpm is None
 
 
-def test_the_keys_page_sets_limits_on_a_new_key(db, pro_group):
+def test_the_keys_page_sets_limits_on_a_new_key(pro_group):
     alice = make_user("alice", group=pro_group)
     client = Client()
     client.force_login(alice)
@@ -591,7 +593,6 @@ def forget(*scopes):
         client.delete(limits.KEY_PREFIX + scope, f"{limits.KEY_PREFIX}{scope}:leases")
 
 
-@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("limit", ["rpm", "max_concurrency"])
 def test_a_limit_is_held_exactly_across_two_instances(instances, fake_upstream, limit):
     n = 5

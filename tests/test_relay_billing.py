@@ -224,3 +224,23 @@ def test_nonsense_usage_is_estimated_and_says_so(live_server, fake_upstream, rep
     assert record.estimated and record.usage_corrected
     assert record.prompt_tokens > 0 and record.completion_tokens == 8  # the 29 characters sent
     assert balance(token.owner_id) == Decimal("100") - record.cost
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_estimate_counts_tool_calls_and_tool_definitions(live_server, fake_upstream, stream):
+    _, key, _ = routed(fake_upstream)
+    arguments = {"city": "Paris", "details": "x" * 400}
+    fake_upstream.configure(
+        usage=False, tool_calls=[{"id": "call_1", "name": "get_weather", "arguments": arguments}]
+    )
+    tool = {
+        "type": "function",
+        "function": {"name": "get_weather", "description": "y" * 800, "parameters": {}},
+    }
+    response = chat(sdk(live_server, key), stream=stream, tools=[tool])
+    if stream:
+        list(response)
+    record = UsageRecord.objects.get()
+    assert record.estimated
+    assert record.completion_tokens >= 100  # the 400-character arguments, not 0
+    assert record.prompt_tokens >= 200  # the 800-character tool description

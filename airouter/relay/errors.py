@@ -13,7 +13,9 @@ import json
 import logging
 import uuid
 
+from django.db import DatabaseError, DataError, IntegrityError, ProgrammingError
 from django.http import HttpResponse
+from psycopg_pool import PoolTimeout
 from rest_framework import exceptions
 
 from tokens.authentication import KeyRefused
@@ -166,8 +168,34 @@ def exception_handler(exc, context):
         if getattr(exc, "auth_header", None):
             headers["WWW-Authenticate"] = exc.auth_header
         return json_response(exc.status_code, envelope(message, type_, code), headers)
+    if is_database_down(exc):
+        logger.error("Database unavailable: %s", exc)
+        return database_down()
     logger.exception("Unexpected error on %s", getattr(context.get("request"), "path", "?"))
     return server_error()
+
+
+RETRY_AFTER_DATABASE = "5"
+
+
+def is_database_down(exc: BaseException) -> bool:
+    """The database cannot be reached (or its pool lends no connection in time)."""
+    return isinstance(exc, DatabaseError | PoolTimeout) and not isinstance(
+        exc, IntegrityError | DataError | ProgrammingError
+    )
+
+
+def database_down() -> HttpResponse:
+    return json_response(
+        503,
+        envelope(
+            "The service is briefly unavailable (its database cannot be reached). "
+            "Try again in a few seconds.",
+            "server_error",
+            "service_unavailable",
+        ),
+        {"Retry-After": RETRY_AFTER_DATABASE},
+    )
 
 
 def server_error() -> HttpResponse:
@@ -204,6 +232,9 @@ class RelayMiddleware:
     def process_exception(self, request, exception):
         if not is_v1(request.path_info):
             return None
+        if is_database_down(exception):
+            logger.error("Database unavailable: %s", exception)
+            return database_down()
         logger.exception("Unexpected error on %s", request.path_info)
         return server_error()
 
