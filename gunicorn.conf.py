@@ -2,7 +2,10 @@
 
 Threaded workers (gthread): a stream holds its thread for its whole length, so a worker needs
 about as many threads as concurrent streams it should hold. bench/README.md has the figures
-behind the worker class and the counts.
+behind the worker class and the counts. The worker is gthread reading request heads in its
+event loop (airouter/serving.py): a thread is taken only by a request whose head has arrived,
+so connections that dribble their headers (slowloris) hold no thread, and gunicorn's own error
+answers are the JSON envelope on /v1.
 """
 
 import os
@@ -11,7 +14,7 @@ bind = os.environ.get("BIND", "127.0.0.1:8000")
 # One process per core this may run on: two per core cost the same CPU and 80 MB more
 # (bench/README.md).
 workers = int(os.environ.get("WEB_CONCURRENCY", str(len(os.sched_getaffinity(0)))))
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "airouter.serving.HeadFirstWorker")
 # Threads are started on demand: this is a ceiling, and each worker alone can hold a
 # thousand streams however the kernel spreads the connections.
 threads = int(os.environ.get("GUNICORN_THREADS", "1024"))

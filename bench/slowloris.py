@@ -20,6 +20,7 @@ and stops its children on the way out. Runs as root to raise the open-files limi
     SLOW_COUNTS=0,600,2400 .venv/bin/python bench/slowloris.py
 """
 
+import contextlib
 import http.client
 import json
 import os
@@ -108,10 +109,8 @@ class Slowloris(threading.Thread):
             for i in range(self.count):
                 if self.halt.is_set():
                     return
-                try:
+                with contextlib.suppress(OSError):  # not reopened: again on the next round
                     self.drip(i)
-                except OSError:
-                    pass  # could not reopen this time: try on the next round
             self.rounds += 1
             self.halt.wait(max(0.0, SLOW_INTERVAL - (time.monotonic() - started)))
 
@@ -157,12 +156,14 @@ def measure(port: int, key: str, slow: int) -> dict:
     results: list[tuple[float, str]] = []
     stop_at = time.monotonic() + NORMAL_SECONDS
     lock = threading.Lock()
+    started = [0]
 
     def worker():
         while time.monotonic() < stop_at:
             with lock:
-                if len(results) >= NORMAL_COUNT:
+                if started[0] >= NORMAL_COUNT:
                     return
+                started[0] += 1
             result = normal_request(port, key)
             with lock:
                 results.append(result)

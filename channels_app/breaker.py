@@ -35,6 +35,7 @@ from django.utils import timezone
 
 from airouter import shared_state
 from channels_app.models import Channel
+from channels_app.routing_table import get_table
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ FAILURES = (Outcome.FAILURE, Outcome.KEY_REFUSED)
 
 PREFIX = "airouter:breaker:"  # Redis keys: PREFIX + "state" (the hash), PREFIX + "probe:<id>"
 REFRESH = 1.0  # seconds a process routes by its copy of the shared state
-PROBE_SECONDS = 10.0  # a half-open probe's turn: unanswered (or never sent) by then, the next
+PROBE_SECONDS = 10.0  # a probe's turn; unanswered (or never sent) by then, the next request's
 REDIS_RETRY = 5.0  # seconds on the process's own state after a Redis error
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
@@ -178,8 +179,9 @@ def reset() -> None:
 
 
 def current() -> dict[int, State]:
-    """Channel id -> State of every channel whose breaker is not plainly closed. Routing reads
-    it on every request: a dict, re-read from Redis at most every REFRESH seconds."""
+    """Channel id -> State of every channel with failures on record (the others are closed).
+    Routing reads it on every request: a dict, re-read from Redis at most every REFRESH
+    seconds."""
     if settings.REDIS_URL and time.monotonic() - _read_at >= REFRESH:
         refresh()
     return _states
@@ -246,8 +248,6 @@ def snapshot() -> dict[int, str]:
     """{channel id: "closed" | "open" | "half-open"} for every channel of the routing table
     (and any other with a breaker state): what /metrics exports as
     airouter_channel_breaker_open{channel}."""
-    from channels_app.routing_table import get_table
-
     found = states()
     now = time.time()
     ids = {ch.id for group in get_table().channels_by_group.values() for ch in group}

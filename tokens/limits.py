@@ -38,10 +38,7 @@ from django.conf import settings
 from redis.commands.core import Script
 
 from airouter import shared_state
-from airouter.relay.errors import RelayError
-from airouter.relay.exchange import SERVED, Exchange, needs_estimate
-from airouter.relay.formats import text_chars
-from billing.pricing import estimate_tokens
+from tokens.authentication import KeyRefused
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +118,7 @@ def of(token) -> "Limits | None":
 # --- the answers ---------------------------------------------------------------------
 
 
-class RateLimited(RelayError):
+class RateLimited(KeyRefused):
     """429 rate_limit_exceeded, as OpenAI words it (type "requests" or "tokens")."""
 
     def __init__(self, message: str, kind: int, headers: dict):
@@ -493,7 +490,7 @@ class Limits:
 
     def add_headers(self, exc: Exception, lease: "Lease | None") -> None:
         """Give an error answer the x-ratelimit-* headers too (a refusal has its own)."""
-        if isinstance(exc, RelayError) and not isinstance(exc, RateLimited):
+        if isinstance(getattr(exc, "headers", None), dict) and not isinstance(exc, RateLimited):
             exc.headers.update(lease.headers if lease is not None else self.current_headers())
 
 
@@ -536,28 +533,3 @@ class Lease:
     def settled(self, usage) -> None:
         """The settle hook: `usage` is what the request was billed for."""
         self.settle(usage.input_tokens + usage.output_tokens)
-
-
-class LimitedExchange(Exchange):
-    """An Exchange whose settle also settles its rate-limit lease, with the tokens billed.
-
-    Until Exchange.settle() calls an `on_settle(usage)` hook itself (with the usage it bills),
-    this works out the same usage from the settle's arguments.
-    """
-
-    __slots__ = ("lease",)
-
-    def settle(self, status, status_code, *, usage=None, output_chars=0, error=""):
-        if self.settled:
-            return
-        try:
-            super().settle(status, status_code, usage=usage, output_chars=output_chars, error=error)
-        finally:
-            if status not in SERVED or self.attempt is None:
-                tokens = 0
-            elif needs_estimate(usage):
-                tokens = estimate_tokens(text_chars(self.body))
-                tokens += estimate_tokens(output_chars) if output_chars else 0
-            else:
-                tokens = usage.input_tokens + usage.output_tokens
-            self.lease.settle(tokens)

@@ -43,6 +43,7 @@ class Exchange:
         "attempt",
         "ttft_ms",
         "settled",
+        "on_settle",
     )
 
     def __init__(self, request_id, token, endpoint, model, body, stream, hold):
@@ -58,6 +59,7 @@ class Exchange:
         self.attempt = None  # the Attempt that served (or the last one tried)
         self.ttft_ms = None
         self.settled = False
+        self.on_settle = None  # called with the usage billed (the rate limits correct to it)
 
     def elapsed_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
@@ -88,6 +90,11 @@ class Exchange:
                 input_tokens=pricing.estimate_tokens(text_chars(self.body)),
                 output_tokens=pricing.estimate_tokens(output_chars) if output_chars else 0,
             )
+        if self.on_settle is not None:
+            try:
+                self.on_settle(usage)
+            except Exception:
+                logger.exception("relay %s: the settle hook failed", self.request_id)
         rates = attempt.rates if attempt else None
         cost = overrun = ledger.ZERO
         if served:

@@ -248,11 +248,9 @@ def relay(request, fmt: ClientFormat):
                 headers={"x-should-retry": "false"},
             ) from None
 
-        exchange = (Exchange if lease is None else rate_limits.LimitedExchange)(
-            request.request_id, token, fmt.endpoint, model, body, stream, hold
-        )
+        exchange = Exchange(request.request_id, token, fmt.endpoint, model, body, stream, hold)
         if lease is not None:  # its settle settles the lease: tokens corrected, slot given back
-            exchange.lease = lease
+            exchange.on_settle = lease.settled
         try:
             response = forward(exchange, request, raw, attempts)
         except BaseException as exc:
