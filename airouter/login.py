@@ -30,15 +30,44 @@ LOCKED_OUT_TEMPLATE = "registration/locked_out.html"
 
 
 class SignInErrorFilter(SafeExceptionReporterFilter):
-    """Django's safe filter, on whatever DEBUG says, hiding secret-looking local variables
-    (and the secret-looking keys of dicts) in every frame."""
+    """Django's safe filter, on whatever DEBUG says, and in every frame: local variables named
+    like a secret, dict keys named like one, and the posted secrets (the password) wherever
+    they are, in a tuple of arguments too."""
 
     def is_active(self, request):
         return True
 
     def get_traceback_frame_variables(self, request, tb_frame):
         variables = super().get_traceback_frame_variables(request, tb_frame)
-        return [(name, self.cleanse_setting(name, value)) for name, value in variables]
+        secrets = posted_secrets(request, self.hidden_settings)
+        return [
+            (name, self.scrub(self.cleanse_setting(name, value), secrets))
+            for name, value in variables
+        ]
+
+    def scrub(self, value, secrets: frozenset, depth: int = 0):
+        if isinstance(value, str):
+            return self.cleansed_substitute if value in secrets else value
+        if depth > 4:
+            return value
+        if isinstance(value, list | tuple):
+            return type(value)(self.scrub(item, secrets, depth + 1) for item in value)
+        if isinstance(value, dict):
+            return {k: self.scrub(v, secrets, depth + 1) for k, v in value.items()}
+        return value
+
+
+def posted_secrets(request, names) -> frozenset:
+    """The values posted under a secret-looking name (`password`)."""
+    if request is None or request.method != "POST":
+        return frozenset()
+    return frozenset(
+        value
+        for key, values in request.POST.lists()
+        if names.search(key)
+        for value in values
+        if value
+    )
 
 
 ERROR_FILTER = SignInErrorFilter()

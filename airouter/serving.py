@@ -24,6 +24,7 @@ import json
 import os
 import resource
 import selectors
+import socket
 import threading
 import time
 from functools import partial
@@ -50,7 +51,7 @@ _MESSAGES = {
     431: "The request's headers are too large.",
 }
 WAIT_FOR_HEAD = object()  # a thread's answer: give the connection back to the event loop
-_current = threading.local()  # the request line a worker thread is answering, for its errors
+_current = threading.local()  # the head a worker thread is answering, for its errors
 
 
 def head_complete(data: bytes | bytearray) -> bool:
@@ -90,7 +91,7 @@ def error_body(status: int, message: str, path: str | None) -> bytes:
 def write_error(sock, status: int, reason: str, message: str) -> None:
     """gunicorn's util.write_error, but the JSON envelope on /v1 paths and on requests whose
     path could not be read; other paths (the admin, the pages) keep gunicorn's HTML page."""
-    path = request_path(getattr(_current, "line", b"") or b"")
+    path = request_path((getattr(_current, "head", b"") or b"").split(b"\r\n", 1)[0])
     if path is not None and not (path == "/v1" or path.startswith("/v1/")):
         return _html_error(sock, status, reason, message)
     body = error_body(status, message or reason, path)
@@ -106,13 +107,13 @@ _html_error = util.write_error
 
 def refuse(sock, head: bytes | bytearray, status: int) -> None:
     """Answer 408, 414 or 431 to a connection whose head never came whole (it is then closed)."""
-    _current.line = bytes(head.split(b"\r\n", 1)[0])
+    _current.head = bytes(head)
     try:
         write_error(sock, status, _REASONS[status], _MESSAGES[status])
     except OSError:
         pass  # gone already
     finally:
-        _current.line = b""
+        _current.head = b""
 
 
 def waiting_room(worker_connections: int) -> int:
@@ -161,19 +162,19 @@ class HeadFirstWorker(ThreadWorker):
                 if outcome is not None:
                     return outcome
             conn.init()  # the parser, which reads the head from its buffer first
-            conn.parser.unreader.unread(bytes(head))
-            _current.line = bytes(head.split(b"\r\n", 1)[0])
+            raw = bytes(head)
             head.clear()
+            conn.parser.unreader.unread(raw)
+            _current.head = raw
             return super().handle(conn)
         finally:
-            _current.line = b""
+            _current.head = b""
 
     def _read_head(self, conn, head):
         """One read without blocking: None when the head is now complete, WAIT_FOR_HEAD when
         more must come, False when the connection ends (closed, or its head is too large)."""
-        conn.sock.setblocking(False)
         try:
-            data = conn.sock.recv(READ_SIZE)
+            data = conn.sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return WAIT_FOR_HEAD
         except OSError:
@@ -184,7 +185,6 @@ class HeadFirstWorker(ThreadWorker):
         if head_complete(head):
             return None
         if len(head) > MAX_HEAD_BYTES:
-            conn.sock.setblocking(True)
             status = 431 if b"\r\n" in head else 414
             refuse(conn.sock, head, status)
             return False

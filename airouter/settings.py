@@ -2,6 +2,7 @@
 with nothing set it runs on SQLite in debug-free dev mode. See .env.example."""
 
 import ipaddress
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -51,6 +52,7 @@ INSTALLED_APPS = [
     "channels_app",
     "tokens",
     "billing",
+    "axes",  # failed sign-ins, throttled (airouter/login.py)
 ]
 
 MIDDLEWARE = [
@@ -114,6 +116,10 @@ elif env.int("DATABASE_POOL_MAX_SIZE", default=16):
         "min_size": 2,
         "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=16),
         "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
+        # psycopg_pool retries a lost connection at 1, 3, 7, 15 ... s for up to 5 minutes,
+        # lending none meanwhile: give up after the pool timeout instead, so the next request
+        # tries again at once and nothing waits long after the database is back.
+        "reconnect_timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
     }
 else:  # DATABASE_POOL_MAX_SIZE=0: persistent connections, one per thread
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=600)
@@ -156,6 +162,28 @@ LOGIN_REDIRECT_URL = "/keys/"
 LOGOUT_REDIRECT_URL = "/login/"
 # Whether a user's /usage/ page names the channel that served each request.
 USAGE_SHOW_CHANNEL = env.bool("USAGE_SHOW_CHANNEL", default=False)
+
+# --- Sign-in throttling (django-axes; airouter/login.py) -------------------------------------
+# After LOGIN_FAILURE_LIMIT failed sign-ins from one address, or for one username, on /login/
+# or /admin/login/, that address or username is refused for LOGIN_COOLOFF_MINUTES (429), even
+# with the right password. Failures are rows in the database: every worker and instance counts
+# them together. A success resets them; operators unlock in the admin or with
+# `manage.py axes_reset_username NAME` / `axes_reset_ip ADDRESS`.
+AUTHENTICATION_BACKENDS = [
+    "airouter.login.SignInThrottle",  # axes' backend: refuses a locked-out sign-in first
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("LOGIN_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]  # either one locks
+AXES_RESET_ON_SUCCESS = True
+# The address token allowlists see: X-Forwarded-For only from RELAY_TRUSTED_PROXIES.
+AXES_CLIENT_IP_CALLABLE = "tokens.authentication.client_ip"
+# The login views answer a lockout themselves (airouter.login.sign_in): no AxesMiddleware.
+SILENCED_SYSTEM_CHECKS = ["axes.W002"]
+# No "AXES: BEGIN" line on every start (stderr of every manage.py command); failures and
+# lockouts are still logged.
+AXES_VERBOSE = False
 
 # --- Secrets at rest ----------------------------------------------------------------
 # Fernet keys (urlsafe base64, 32 bytes) that encrypt channel API keys. The first one

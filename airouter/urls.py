@@ -3,15 +3,17 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from airouter import health_views
+from airouter import health_views, login
 from airouter.relay import views as relay_views
 from billing.views import usage
 
 urlpatterns = [
+    # The admin's own login, throttled (airouter/login.py); its URL name stays admin:login.
+    path("admin/login/", login.admin_login),
     path("admin/", admin.site.urls),
     path("v1", relay_views.unknown_path),  # not an APPEND_SLASH redirect: the 404 envelope
     path("v1/", include("airouter.relay.urls")),
-    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("login/", login.login, name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("keys/", include("tokens.urls")),
     path("usage/", usage, name="usage"),

