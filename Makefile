@@ -27,6 +27,9 @@ run: venv
 	@echo "  API:      http://$(ADDR)/v1/      (OpenAI-compatible; Bearer sk-...)"
 	@echo "  API keys: http://$(ADDR)/keys/    (users create their own keys)"
 	@echo "Next: README.md, 'Group guide': a group, a channel, a user and a token, then a curl."
+	@echo ""
+	@# A fresh database gets the demo: a mock channel, a key for the admin and a curl to try.
+	$(PY) manage.py seed_demo --base-url http://$(ADDR)
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py airouter.wsgi
 
 lint: venv

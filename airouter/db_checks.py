@@ -1,8 +1,10 @@
-"""Shared by the system checks that read the database (airouter.W001, W003, W004)."""
+"""Whether the database is there: for the system checks that read it (airouter.W001, W003,
+W004), and for telling an outage apart from a statement the database refused."""
 
 from functools import cache
 
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, DataError, IntegrityError, ProgrammingError, connection
+from psycopg_pool import PoolTimeout
 
 
 @cache
@@ -14,3 +16,11 @@ def database_reachable() -> bool:
     except DatabaseError:
         return False
     return True
+
+
+def is_database_down(exc: BaseException) -> bool:
+    """The database cannot be reached (or its pool lends no connection in time), as opposed to
+    a statement it refused."""
+    return isinstance(exc, DatabaseError | PoolTimeout) and not isinstance(
+        exc, IntegrityError | DataError | ProgrammingError
+    )

@@ -11,7 +11,11 @@
    cost a socket each, no thread, and do not count in `worker_connections`: up to
    MAX_WAITING_HEADS of them wait beside it (the oldest is dropped for a newer one past that),
    so they never keep the worker from accepting.
-2. The errors gunicorn answers itself, before the application sees a request (a request line
+2. Once the head is in, the connection gets a timeout of CLIENT_TIMEOUT seconds for each read
+   of the body and each write of the answer: a client that stops reading a stream (its window
+   full, the process suspended) would otherwise hold a thread and its request's hold forever;
+   now the write fails, the stream closes and settles as a client disconnect.
+3. The errors gunicorn answers itself, before the application sees a request (a request line
    or headers too large, a malformed request, a bad chunked body), and the two above are in the
    relay's JSON envelope on /v1 (Anthropic's on /v1/messages), not an HTML page.
 
@@ -20,6 +24,7 @@ them on, heads are read by the threads as gthread does (the errors are still JSO
 """
 
 import contextlib
+import errno
 import json
 import os
 import resource
@@ -36,6 +41,9 @@ from gunicorn.workers.gthread import ThreadWorker
 # Seconds a connection may take to send its whole head (Apache's mod_reqtimeout allows 20-40,
 # nginx 60; a real client sends it in one go).
 HEADER_TIMEOUT = float(os.environ.get("GUNICORN_HEADER_TIMEOUT", "10"))
+# Seconds a client may take to send the next bytes of its body or to take the next bytes of
+# the answer, once its head is in (a stream whose client stopped reading ends then).
+CLIENT_TIMEOUT = float(os.environ.get("GUNICORN_CLIENT_TIMEOUT", "120"))
 # A head larger than this is refused (431) without waiting for its end: larger than any real
 # client's (nginx refuses past 32 KiB), small enough that thousands of waiting heads stay cheap.
 MAX_HEAD_BYTES = 64 * 1024
@@ -130,6 +138,12 @@ class HeadFirstWorker(ThreadWorker):
 
     def init_process(self):
         cfg = self.cfg
+        # Each waiting head is an open file: take the whole hard limit (a service manager's
+        # default soft limit of 1,024 would shrink the waiting room to a handful).
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         self.head_first = (
             not cfg.is_ssl
             and cfg.http2_cleartext == "off"
@@ -169,6 +183,16 @@ class HeadFirstWorker(ThreadWorker):
             return super().handle(conn)
         finally:
             _current.head = b""
+
+    def handle_request(self, req, conn):
+        # gthread made the socket blocking without a timeout: bound the body's reads and the
+        # answer's writes (a client that stops reading a stream).
+        conn.sock.settimeout(CLIENT_TIMEOUT)
+        try:
+            return super().handle_request(req, conn)
+        except TimeoutError:  # (gthread would log it as a socket error, with a traceback)
+            self.log.info("Dropped a client silent for %gs mid-request", CLIENT_TIMEOUT)
+            raise ConnectionResetError(errno.ECONNRESET, "the client timed out") from None
 
     def _read_head(self, conn, head):
         """One read without blocking: None when the head is now complete, WAIT_FOR_HEAD when

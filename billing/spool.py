@@ -20,7 +20,7 @@ from pathlib import Path
 
 import redis
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, DataError, ProgrammingError, close_old_connections
 
 from airouter import shared_state
 from billing import ledger
@@ -133,46 +133,74 @@ def _settle(line: str) -> None:
         # else: an earlier try landed but its answer was lost: charged once, nothing to do
 
 
+# Settling only ever moves a pending record, so replaying a line twice is harmless: a line is
+# removed only once its settle landed, and a replayer that dies midway loses nothing.
+
+
+def _replay_one(line: str, where) -> bool:
+    """Settle one kept line: True when it is done with (settled, or set aside for a human),
+    False while the database is still away (raises nothing)."""
+    try:
+        _settle(line)
+    except (DataError, ProgrammingError) as exc:  # what no retry will change
+        _dead_letter(line, f"{type(exc).__name__}: {exc}", where)
+    except DatabaseError:
+        return False  # the database is away (or busy): later
+    except (ValueError, KeyError, TypeError) as exc:  # a torn or unreadable line
+        _dead_letter(line, f"{type(exc).__name__}: {exc}", where)
+    return True
+
+
+def _dead_letter(line: str, why: str, where) -> None:
+    """A line the database will never take (not an outage): kept aside, never in the way."""
+    logger.error(
+        "settle spool: a kept settle from %s cannot be written (%s): set aside", where, why
+    )
+    _append(_directory() / "dead-letter.txt", [line])
+
+
 def _replay_redis(client) -> tuple[int, int]:
     settled = 0
-    while (line := client.lpop(KEY)) is not None:
-        try:
-            _settle(line.decode() if isinstance(line, bytes) else line)
-        except DatabaseError:
-            client.lpush(KEY, line)  # back in front; the database is still away
+    while (line := client.lindex(KEY, 0)) is not None:
+        text = line.decode() if isinstance(line, bytes) else line
+        if not _replay_one(text, "Redis"):
             return settled, client.llen(KEY)
+        client.lrem(KEY, 1, line)
         settled += 1
     return settled, 0
 
 
 def _replay_file(path: Path) -> tuple[int, int]:
-    """Take the file's lines out under its lock, settle them without it (a request keeping a
-    settle meanwhile is not held up), and put back what the database still refuses."""
+    """Settle the file's lines without holding its lock (a request keeping a settle meanwhile
+    is not held up), then take out, under the lock, the ones that landed."""
     try:
-        spool = open(path, "r+", encoding="utf-8")  # noqa: SIM115  (locked below)
+        with open(path, encoding="utf-8") as spool:
+            fcntl.flock(spool, fcntl.LOCK_SH)
+            lines = [line for line in spool.read().splitlines() if line.strip()]
     except FileNotFoundError:
         return 0, 0
-    with spool:
+    done = []
+    for line in lines:
+        if not _replay_one(line, path.name):
+            break
+        done.append(line)
+    if done:
+        _remove(path, done)
+    return len(done), len(lines) - len(done)
+
+
+def _remove(path: Path, done: list[str]) -> None:
+    with open(path, "r+", encoding="utf-8") as spool:
         fcntl.flock(spool, fcntl.LOCK_EX)
-        lines = [line for line in spool.read().splitlines() if line.strip()]
+        left = [line for line in spool.read().splitlines() if line.strip()]
+        for line in done:
+            if line in left:
+                left.remove(line)
         spool.seek(0)
         spool.truncate()
-        path.unlink(missing_ok=True)  # a writer waiting for the lock sees it and starts anew
-    settled, left = 0, []
-    for n, line in enumerate(lines):
-        try:
-            _settle(line)
-        except DatabaseError:
-            left.extend(lines[n:])
-            break
-        except (ValueError, KeyError) as exc:  # a torn line: keep it for a human
-            logger.error("settle spool: unreadable line in %s: %s", path, exc)
-            left.append(line)
-            continue
-        settled += 1
-    if left:
-        _append(path, left)
-    return settled, len(left)
+        spool.write("".join(line + "\n" for line in left))
+        if not left:
+            path.unlink(missing_ok=True)  # a writer waiting for the lock sees it and starts anew
 
 
 def _start_retrier() -> None:

@@ -34,15 +34,19 @@ def note(
     error: str = "",
     latency_ms: int | None = None,
     retry_after: float | None = None,
+    *,
+    breaks: bool = True,
 ) -> None:
     """Record one attempt's outcome on a routing-table channel entry, when it is news, and on
     its breaker (always: that costs a dict lookup unless the channel has been failing).
 
     A refused request (the client's fault) says nothing about the channel: it counts as an
-    answer."""
+    answer. `breaks=False`: an answer to a side request (a token count) that says nothing of
+    whether the channel serves, so it neither opens nor closes a breaker."""
     if outcome == Outcome.REFUSED:
         outcome, error = Outcome.SUCCESS, ""
-    breaker.record(channel.id, outcome, error, retry_after)
+    if breaks or outcome != Outcome.SUCCESS:
+        breaker.record(channel.id, outcome, error, retry_after)
     now = time.monotonic()
     failing, written = _last.get(channel.id, (bool(channel.last_error), -LATENCY_EVERY))
     if outcome == Outcome.SUCCESS and not failing and now - written < LATENCY_EVERY:
@@ -53,8 +57,15 @@ def note(
         routing_table.changed()
 
 
-def record(channel, result: transports.Result) -> None:
-    note(channel, result.outcome, result.message, result.latency_ms or None, result.retry_after)
+def record(channel, result: transports.Result, *, breaks: bool = True) -> None:
+    note(
+        channel,
+        result.outcome,
+        result.message,
+        result.latency_ms or None,
+        result.retry_after,
+        breaks=breaks,
+    )
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from django.db.models import Q
 from django.utils.timezone import now
 
 from airouter.lists import split_list
+from airouter.text import storable
 from channels_app import keystore
 from groups.models import Group
 
@@ -19,6 +20,7 @@ class Channel(models.Model):
     class Kind(models.TextChoices):
         OPENAI = "openai", "OpenAI-compatible"
         ANTHROPIC = "anthropic", "Anthropic"
+        MOCK = "mock", "Mock (built in: answers itself, no upstream)"
 
     class Status(models.TextChoices):
         ENABLED = "enabled", "Enabled"
@@ -60,6 +62,12 @@ class Channel(models.Model):
         default=600.0,
         help_text="Longest a whole non-stream answer may take, in seconds (a stream is bounded "
         "by RELAY_MAX_STREAM_SECONDS).",
+    )
+    mock_delay_ms = models.PositiveIntegerField(
+        "mock delay (ms)",
+        default=0,
+        help_text="A mock channel only: milliseconds it waits before it answers (a stream: "
+        "before its first event, then a tenth of this between events).",
     )
     input_price = models.DecimalField(
         **PRICE, default=Decimal("0"), help_text="Price per 1M prompt tokens."
@@ -167,6 +175,7 @@ class Channel(models.Model):
         again (one disabled by hand stays off). Returns whether the status changed: the
         routing table must then hear of it. No signals: a plain note needs no reload.
         """
+        error = storable(error)
         fields = {"last_error": error[:2000]}
         if error:
             fields["last_error_at"] = now()

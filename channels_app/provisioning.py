@@ -15,6 +15,10 @@ from channels_app import keystore
 from channels_app.models import Channel
 from groups.models import Group
 
+# What a mock channel (built in: it calls nothing) keeps as its base URL: the field is
+# required, and the .invalid domain never resolves.
+MOCK_BASE_URL = "http://mock.invalid/v1"
+
 
 @dataclass
 class SavedChannel:
@@ -63,18 +67,21 @@ def save_channel(
     connect_timeout: float | None = None,
     read_timeout: float | None = None,
     total_timeout: float | None = None,
+    mock_delay_ms: int | None = None,
 ) -> SavedChannel:
-    """Create the channel (base URL, key and models required) or update the given options."""
+    """Create the channel (base URL, key and models required; a mock channel needs only
+    models) or update the given options."""
     groups = groups_named(group_names) if group_names is not None else None
     with transaction.atomic():
         channel = Channel.objects.select_for_update().filter(name=name).first()
         created = channel is None
         if created:
-            missing = [
-                flag
-                for flag, value in (("base URL", base_url), ("key", key), ("models", models))
-                if not value
-            ]
+            if kind == Channel.Kind.MOCK:
+                base_url = base_url or MOCK_BASE_URL
+                needed = (("models", models),)
+            else:
+                needed = (("base URL", base_url), ("key", key), ("models", models))
+            missing = [flag for flag, value in needed if not value]
             if missing:
                 raise ValidationError(f"A new channel needs: {', '.join(missing)}.")
             channel = Channel(name=name)
@@ -94,11 +101,16 @@ def save_channel(
             "connect_timeout": connect_timeout,
             "read_timeout": read_timeout,
             "total_timeout": total_timeout,
+            "mock_delay_ms": mock_delay_ms,
         }
         for attr, value in values.items():
             if value is not None and getattr(channel, attr) != value:
                 setattr(channel, attr, value)
                 changed.append(attr)
+        if channel.mock_delay_ms and channel.kind != Channel.Kind.MOCK:
+            raise ValidationError(
+                "Only a mock channel has a mock delay (--mock-delay-ms 0 takes it off)."
+            )
         if key and (created or channel.get_key() != key):
             channel.set_key(key)
             changed.append("key")

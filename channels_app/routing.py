@@ -130,6 +130,7 @@ def plan(
     table: Table | None = None,
     rng=random,
     explain=False,
+    probe=True,
 ) -> Plan:
     """The ordered attempts for this token, model and client endpoint.
 
@@ -189,15 +190,18 @@ def plan(
     states = breaker.current()
     if states and result.attempts:
         result.attempts, result.cooling = _breakers(
-            result.attempts, states, result.notes if explain else None
+            result.attempts, states, result.notes if explain else None, probe
         )
     return result
 
 
-def _breakers(attempts: list, states: dict, notes: list | None) -> tuple[list, list]:
+def _breakers(
+    attempts: list, states: dict, notes: list | None, probe: bool = True
+) -> tuple[list, list]:
     """(the attempts without the channels whose breaker is open, the channels left out); a
-    half-open channel goes first in its group if this request wins its probe. When every one
-    is open: all of them, soonest reopening first."""
+    half-open channel goes first in its group if this request wins its probe (a request that
+    says `probe=False`, such as a token count, never takes one). When every one is open: all of
+    them, soonest reopening first."""
     now = time.time()
     kept, cooling = [], []
     probes_at = {}  # group id -> where its probes go in `kept`: before its first attempt
@@ -210,7 +214,9 @@ def _breakers(attempts: list, states: dict, notes: list | None) -> tuple[list, l
         if status == breaker.CLOSED:
             kept.append(attempt)
             continue
-        if status == breaker.HALF_OPEN and (notes is not None or breaker.grant_probe(ch.id)):
+        if status == breaker.HALF_OPEN and (
+            notes is not None or (probe and breaker.grant_probe(ch.id))
+        ):
             kept.insert(probes_at[group_id], attempt)  # (the plan's groups are contiguous)
             if notes is not None:
                 notes.append(

@@ -55,6 +55,7 @@ class ChannelEntry:
     prices: dict  # model -> Rates: the per-model overrides
     group_ids: frozenset
     last_error: str
+    mock_delay_ms: int = 0  # a mock channel's wait before it answers
 
     @property
     def enabled(self) -> bool:
@@ -169,6 +170,7 @@ def load(loaded_at: float = 0.0) -> Table:
             prices=prices.get(ch.id, {}),
             group_ids=frozenset(group_ids.get(ch.id, ())),
             last_error=ch.last_error,
+            mock_delay_ms=ch.mock_delay_ms,
         )
         for gid in entry.group_ids:
             channels_by_group.setdefault(gid, []).append(entry)

@@ -15,6 +15,9 @@ A transport builds the URL and headers for an upstream endpoint, sends the body 
 
 The endpoint names are the upstream's paths below the base URL ("chat/completions",
 "messages", "responses", ...). Which kinds serve which client endpoint: `serves()`.
+
+A `mock` channel has no upstream: `MockTransport` answers every endpoint itself
+(`channels_app.mock`), with the same typed `Result`.
 """
 
 import time
@@ -23,7 +26,7 @@ from email.utils import parsedate_to_datetime
 
 from django.conf import settings
 
-from channels_app import upstream
+from channels_app import mock, upstream
 from channels_app.models import Channel
 
 Outcome = Channel.Outcome
@@ -31,8 +34,8 @@ Outcome = Channel.Outcome
 ANTHROPIC_VERSION = "2023-06-01"
 # Client endpoints (the /v1 path) only some kinds can serve, even by conversion.
 ONLY_KINDS = {
-    "completions": {Channel.Kind.OPENAI},
-    "embeddings": {Channel.Kind.OPENAI},
+    "completions": {Channel.Kind.OPENAI, Channel.Kind.MOCK},
+    "embeddings": {Channel.Kind.OPENAI, Channel.Kind.MOCK},
 }
 # A JSON key every valid answer of the upstream endpoint holds: checked on the bytes, so a
 # passed-through answer is never parsed.
@@ -207,7 +210,66 @@ class AnthropicTransport(Transport):
         return headers
 
 
-TRANSPORTS = {Channel.Kind.OPENAI: OpenAITransport, Channel.Kind.ANTHROPIC: AnthropicTransport}
+class MockTransport(Transport):
+    """Kind `mock`: no network and no key. Every endpoint is answered in its own format
+    (`channels_app.mock`: a stream as an in-memory response the relay reads like any other)
+    after the channel's `mock_delay_ms`; a delay longer than the channel's timeout fails as a
+    silent upstream would (504), so failover can be tried too."""
+
+    counts_tokens = True
+
+    def headers(self, key: str, client_headers) -> dict:
+        return {}
+
+    def send(
+        self,
+        endpoint: str,
+        body: bytes,
+        *,
+        stream: bool,
+        key: str,
+        client_headers=None,
+        query: str = "",
+    ) -> Result:
+        channel = self.channel
+        sent = time.monotonic()
+        delay = channel.mock_delay_ms / 1000
+        timeout = (
+            channel.read_timeout if stream else min(channel.read_timeout, channel.total_timeout)
+        )
+        if delay > timeout:
+            time.sleep(timeout)
+            return Result(
+                Outcome.FAILURE, message=f"sent nothing for {timeout:g}s", client_status=504
+            )
+        time.sleep(delay)
+        try:
+            data, response = mock.respond(endpoint, body, stream=stream, interval=delay / 10)
+        except mock.MockError as exc:
+            return Result(
+                Outcome.REFUSED,
+                400,
+                message=f"HTTP 400: {exc}",
+                client_status=400,
+                data=mock.error_body(endpoint, str(exc)),
+                content_type="application/json",
+            )
+        latency_ms = int((time.monotonic() - sent) * 1000)
+        return Result(
+            Outcome.SUCCESS,
+            200,
+            response=response,
+            data=data,
+            content_type="text/event-stream" if stream else "application/json",
+            latency_ms=latency_ms,
+        )
+
+
+TRANSPORTS = {
+    Channel.Kind.OPENAI: OpenAITransport,
+    Channel.Kind.ANTHROPIC: AnthropicTransport,
+    Channel.Kind.MOCK: MockTransport,
+}
 
 
 def transport(channel) -> Transport:

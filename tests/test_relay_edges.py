@@ -125,3 +125,38 @@ def test_a_channel_that_cannot_take_the_request_is_skipped(live_server, fake_ups
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
     assert "at least one message" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("model", ["gpt\x00-4o", "m" * 201, "gpt\ud800", "tab\tname"])
+def test_model_names_a_record_cannot_keep_are_400(live_server, fake_upstream, model):
+    _, key, _ = routed(fake_upstream)
+    body = {"model": model, "messages": [MESSAGE]}
+    response = post(live_server, "/v1/chat/completions", key, data=json.dumps(body))
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "model"
+
+
+def test_an_upstream_message_with_nul_and_surrogates_is_stored(live_server, fake_upstream_factory):
+    bad, good = fake_upstream_factory(), fake_upstream_factory()
+    _, key, first = routed(bad, priority=10)
+    bad.configure(status=500, error_message="boom \x00 \ud800 here")
+    make_channel("good", groups=[first.groups.get()], base_url=good.url)
+    response = post(
+        live_server,
+        "/v1/chat/completions",
+        key,
+        json={"model": "gpt-4o-mini", "messages": [MESSAGE]},
+    )
+    assert response.status_code == 200  # failed over, not a 500 while noting the error
+    assert "boom" in first.__class__.objects.get(pk=first.pk).last_error
+    bad.configure(status=400)  # refused: the upstream's words go on the usage record
+    bad.reset()
+    bad.configure(status=400, error_message="bad \x00 \ud800 request")
+    response = post(
+        live_server,
+        "/v1/chat/completions",
+        key,
+        json={"model": "gpt-4o-mini", "messages": [MESSAGE]},
+    )
+    assert response.status_code == 400
+    assert not UsageRecord.objects.filter(status="pending").exists()

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BODY_LIMIT = 4096  # RELAY_MAX_BODY_BYTES of the gunicorn instance
 HEADER_TIMEOUT = 1.5  # GUNICORN_HEADER_TIMEOUT of the gunicorn instance
 THREADS = 4
+CLIENT_TIMEOUT = 1.5  # GUNICORN_CLIENT_TIMEOUT: a client that stops reading is dropped then
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -59,6 +60,7 @@ def gunicorn(django_db_setup, django_db_blocker, tmp_path_factory):
         WEB_CONCURRENCY="1",
         GUNICORN_THREADS=str(THREADS),
         GUNICORN_HEADER_TIMEOUT=str(HEADER_TIMEOUT),
+        GUNICORN_CLIENT_TIMEOUT=str(CLIENT_TIMEOUT),
         RELAY_MAX_BODY_BYTES=str(BODY_LIMIT),
         DEBUG="false",
     )
@@ -325,3 +327,31 @@ def test_keep_alive_and_pipelined_requests(gunicorn, fake_upstream):
     pipelined = one + b"\r\n" + body + one + b"Connection: close\r\n\r\n" + body
     answer = raw_exchange(gunicorn, pipelined)
     assert answer.count(b"HTTP/1.1 200 OK") == 2
+
+
+def test_a_stream_whose_client_stops_reading_ends_and_is_billed(gunicorn, fake_upstream):
+    from billing.models import UsageRecord
+
+    _, key, _ = routed(fake_upstream)
+    fake_upstream.configure(chunks=["x" * 60_000] * 400)  # 24 MB: more than the socket buffers
+    body = json.dumps(dict(CHAT, stream=True)).encode()
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", int(gunicorn.rsplit(":", 1)[1])))
+    client.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\n"
+        + f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    try:  # ... and never reads a byte
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            record = UsageRecord.objects.order_by("-id").first()
+            if record is not None and record.status != "pending":
+                break
+            time.sleep(0.2)
+        assert record.status == "client_disconnected"
+        assert record.completion_tokens > 0  # billed for what was sent before it stopped
+    finally:
+        client.close()

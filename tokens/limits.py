@@ -37,7 +37,7 @@ import redis
 from django.conf import settings
 from redis.commands.core import Script
 
-from airouter import shared_state
+from airouter import observability, shared_state
 from tokens.authentication import KeyRefused
 
 logger = logging.getLogger(__name__)
@@ -479,6 +479,7 @@ class Limits:
         found = headers(self.scopes, states, length)
         if refused >= 0:
             scope = self.scopes[refused]
+            observability.rate_limited("token" if scope.key.startswith("t:") else "user")
             raise refusal(scope, states[refused], kind, tokens, model, length, found)
         return Lease(self, client, lease_id, tokens, found)
 

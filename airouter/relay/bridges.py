@@ -7,6 +7,8 @@
 | messages              | chat              | chat                    | native                 |
 | responses             | chat              | native                  | Messages (via chat)    |
 
+A mock channel (built in, no upstream) serves every client format natively.
+
 Conversions go through chat completions as the hub: a Responses request for an anthropic
 channel is converted Responses -> chat -> Messages, and its answer back the same way.
 """
@@ -32,6 +34,8 @@ class Bridge:
 
 
 def bridge(client: str, channel) -> Bridge:
+    if channel.kind == Channel.Kind.MOCK:  # answers every format itself
+        return Bridge(client, client)
     if channel.kind == Channel.Kind.ANTHROPIC:
         return Bridge(client, MESSAGES if client in (CHAT, MESSAGES, RESPONSES) else client)
     if client == MESSAGES or (client == RESPONSES and not channel.responses_api):

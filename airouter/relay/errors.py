@@ -13,11 +13,10 @@ import json
 import logging
 import uuid
 
-from django.db import DatabaseError, DataError, IntegrityError, ProgrammingError
 from django.http import HttpResponse
-from psycopg_pool import PoolTimeout
 from rest_framework import exceptions
 
+from airouter.db_checks import is_database_down
 from tokens.authentication import KeyRefused
 
 logger = logging.getLogger(__name__)
@@ -176,13 +175,6 @@ def exception_handler(exc, context):
 
 
 RETRY_AFTER_DATABASE = "5"
-
-
-def is_database_down(exc: BaseException) -> bool:
-    """The database cannot be reached (or its pool lends no connection in time)."""
-    return isinstance(exc, DatabaseError | PoolTimeout) and not isinstance(
-        exc, IntegrityError | DataError | ProgrammingError
-    )
 
 
 def database_down() -> HttpResponse:

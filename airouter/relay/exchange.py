@@ -11,6 +11,7 @@ import time
 
 from airouter import observability
 from airouter.relay.formats import text_chars
+from airouter.text import storable
 from billing import ledger, pricing, spool
 from billing.models import UsageRecord
 from billing.pricing import Usage
@@ -128,7 +129,7 @@ class Exchange:
             "usage_corrected": corrected,
             "status": status,
             "status_code": status_code,
-            "error": error[:2000],
+            "error": storable(error[:2000]),
             "attempts": self.attempts,
             "latency_ms": latency_ms,
             "ttft_ms": self.ttft_ms,

@@ -17,6 +17,7 @@ from airouter.relay import usage
 from airouter.relay.convert.responses import failed_response
 from airouter.relay.errors import anthropic_envelope, bad_request, envelope
 from airouter.relay.usage import MAX_TOKENS
+from airouter.text import storable
 
 MEDIA_PART_TOKENS = 2000  # held for one image or audio part, whatever its size
 # Parts held at MEDIA_PART_TOKENS. Documents and files are not among them: a text or PDF
@@ -66,10 +67,18 @@ def load_object(raw: bytes) -> dict:
     return body
 
 
+MAX_MODEL_LENGTH = 200  # what a usage record keeps
+
+
 def _model(body: dict) -> None:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("You must provide a model parameter (a string).", "model")
+    if len(model) > MAX_MODEL_LENGTH or not model.isprintable() or storable(model) != model:
+        raise bad_request(
+            f"Invalid 'model': a model name is at most {MAX_MODEL_LENGTH} printable characters.",
+            "model",
+        )
 
 
 def _type(body: dict, name: str, types: tuple, what: str) -> None:

@@ -20,6 +20,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
 from airouter import observability
+from airouter.db_checks import is_database_down
 from airouter.relay import bridges
 from airouter.relay.convert import ConversionError
 from airouter.relay.errors import (
@@ -27,7 +28,6 @@ from airouter.relay.errors import (
     bad_request,
     error_response,
     exception_handler,
-    is_database_down,
     json_response,
     not_found_path,
     too_large,
@@ -114,7 +114,7 @@ class ModelListView(RelayView):
 class ModelDetailView(RelayView):
     def get(self, request, model):
         if model not in routing.reachable_models(request.auth):
-            plan = routing.plan(request.auth, model)
+            plan = routing.plan(request.auth, model, probe=False)
             raise group_not_allowed(plan) if plan.closed else model_not_found(plan)
         return json_response(200, model_object(model))
 
@@ -227,7 +227,9 @@ def relay(request, fmt: ClientFormat):
             fmt.completion_bound(body),
         )
         if limits is not None:
-            lease = limits.take(prompt_bound + completion_bound, model, request.request_id)
+            # TPM counts like OpenAI's: an estimate of the prompt plus every token allowed
+            tokens = pricing.estimate_tokens(len(raw)) + completion_bound
+            lease = limits.take(tokens, model, request.request_id)
         hold_amount = pricing.hold_amount(
             prompt_bound, completion_bound, [(a.rates, a.multiplier) for a in attempts]
         )
@@ -483,7 +485,7 @@ def count_tokens(request):
         raw = read_body(request)
         body = fmt.parse(raw)
         model = checked_model(token, body)
-        plan = routing.plan(token, model, endpoint=fmt.endpoint)
+        plan = routing.plan(token, model, endpoint=fmt.endpoint, probe=False)
         attempts = plan.attempts[: settings.RELAY_MAX_ATTEMPTS]
         if not attempts:
             raise no_route(plan)
@@ -504,7 +506,7 @@ def count_tokens(request):
                 key=channel.key,
                 client_headers=client_headers(request, fmt.endpoint),
             )
-            health.record(channel, result)
+            health.record(channel, result, breaks=False)  # a success here closes nothing
             if result.ok or result.outcome == Outcome.REFUSED:  # the upstream's own answer
                 data = result.data if result.ok else upstream.scrub(result.data, channel.key)
                 response = HttpResponse(data, status=result.status, content_type="application/json")

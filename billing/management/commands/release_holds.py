@@ -35,12 +35,17 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         floor = math.ceil(longest_request() / 60)  # whole minutes
         minutes = options["older_than"] if options["older_than"] is not None else floor
-        if minutes < floor:
-            raise CommandError(
-                f"--older-than {minutes}: a request may still be running after {floor} minutes "
-                "(RELAY_MAX_STREAM_SECONDS, the channels' total timeouts): give at least that."
-            )
         verbose = options["verbosity"] >= 1
+        if minutes < floor:  # (a cron line written for an older default keeps working)
+            if verbose:
+                self.stderr.write(
+                    self.style.WARNING(
+                        f"--older-than {minutes}: a request may still be running after "
+                        f"{floor} minutes (RELAY_MAX_STREAM_SECONDS, the channels' total "
+                        f"timeouts): releasing only holds older than {floor} minutes."
+                    )
+                )
+            minutes = floor
         if not options["dry_run"]:
             settled, remaining = spool.replay()
             if verbose and (settled or remaining):

@@ -1,7 +1,8 @@
 """Create an upstream channel, or update one by name.
 
 The key is stored encrypted and never printed. Options not given keep their current value on
-update; a new channel needs --base-url, --key and --models.
+update; a new channel needs --base-url, --key and --models (a mock channel only --models: it
+answers inside the router and calls nothing).
 """
 
 import argparse
@@ -29,7 +30,8 @@ class Command(BaseCommand):
             "--kind",
             choices=[kind.value for kind in Channel.Kind],
             help="What the upstream speaks: openai (OpenAI-compatible, the default for a new "
-            "channel) or anthropic (Anthropic's Messages API).",
+            "channel) or anthropic (Anthropic's Messages API); mock: no upstream, the router "
+            "answers every API itself (to try routing and billing without a provider key).",
         )
         parser.add_argument(
             "--responses-api",
@@ -63,6 +65,11 @@ class Command(BaseCommand):
             "--total-timeout",
             help="Longest a whole non-stream answer may take, in seconds (default 600).",
         )
+        parser.add_argument(
+            "--mock-delay-ms",
+            help="A mock channel: milliseconds before it answers (a stream: before its first "
+            "event, then a tenth of this between events). Default 0.",
+        )
 
     def handle(self, *args, **options):
         with validation_as_command_error():
@@ -87,6 +94,7 @@ class Command(BaseCommand):
                 connect_timeout=seconds_or_none(options["connect_timeout"], "--connect-timeout"),
                 read_timeout=seconds_or_none(options["read_timeout"], "--read-timeout"),
                 total_timeout=seconds_or_none(options["total_timeout"], "--total-timeout"),
+                mock_delay_ms=int_or_none(options["mock_delay_ms"], "--mock-delay-ms"),
                 responses_api=options["responses_api"],
                 model_map=parse_model_map(model_map) if model_map is not None else None,
             )
