@@ -15,8 +15,9 @@ class ChannelForm(forms.ModelForm):
     base_url = forms.URLField(
         label="Base URL",
         max_length=500,
+        required=False,
         assume_scheme="https",
-        help_text=Channel._meta.get_field("base_url").help_text,
+        help_text=Channel._meta.get_field("base_url").help_text + " Not needed for a mock channel.",
     )
     key = forms.CharField(
         label="Upstream API key",
@@ -47,13 +48,25 @@ class ChannelForm(forms.ModelForm):
             "connect_timeout",
             "read_timeout",
             "total_timeout",
+            "mock_delay_ms",
         )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if not self.instance.has_key:
-            self.fields["key"].required = True
             self.fields["key"].help_text = "Stored encrypted and never shown again."
+
+    def clean(self):
+        """A mock channel needs neither a base URL nor a key; every other kind needs both."""
+        data = super().clean()
+        if data.get("kind") == Channel.Kind.MOCK:
+            data["base_url"] = data.get("base_url") or provisioning.MOCK_BASE_URL
+            return data
+        if not data.get("base_url"):
+            self.add_error("base_url", "This field is required.")
+        if not self.instance.has_key and not data.get("key"):
+            self.add_error("key", "This field is required.")
+        return data
 
     def save(self, commit=True):
         if self.cleaned_data.get("key"):
@@ -116,7 +129,20 @@ class ChannelAdmin(admin.ModelAdmin):
         "last_checked",
     )
     fieldsets = (
-        (None, {"fields": ("name", "kind", "responses_api", "base_url", "key", "key_status")}),
+        (
+            None,
+            {
+                "fields": (
+                    "name",
+                    "kind",
+                    "responses_api",
+                    "base_url",
+                    "key",
+                    "key_status",
+                    "mock_delay_ms",
+                )
+            },
+        ),
         ("Routing", {"fields": ("groups", "model_names", "model_map", "priority", "weight")}),
         ("Status", {"fields": ("status", "status_reason")}),
         (

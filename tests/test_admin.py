@@ -261,6 +261,7 @@ def channel_form(**overrides):
         "connect_timeout": "5",
         "read_timeout": "60",
         "total_timeout": "600",
+        "mock_delay_ms": "0",
         "model_prices-TOTAL_FORMS": "0",
         "model_prices-INITIAL_FORMS": "0",
     }

@@ -365,3 +365,21 @@ def test_on_postgresql_only_airouter_demo_true_seeds_it(fresh, monkeypatch):
 def test_dry_run_writes_nothing(fresh):
     assert run("seed_demo", "--dry-run") == "Would seed the demo for 'admin'.\n"
     assert not Channel.objects.exists()
+
+
+def test_the_admin_adds_a_mock_channel_without_url_or_key(admin_client):
+    from django.urls import reverse
+
+    from tests.test_admin import channel_form
+
+    response = admin_client.post(
+        reverse("admin:channels_app_channel_add"),
+        channel_form(name="mocky", kind="mock", base_url="", key="", mock_delay_ms="5"),
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    channel = Channel.objects.get(name="mocky")
+    assert (channel.kind, channel.mock_delay_ms, channel.has_key) == ("mock", 5, False)
+    response = admin_client.post(
+        reverse("admin:channels_app_channel_add"), channel_form(name="real", base_url="", key="")
+    )
+    assert response.content.decode().count("This field is required.") == 2  # URL and key

@@ -7,6 +7,8 @@ from django.utils.timezone import now
 from airouter.lists import split_list
 from groups.models import AUTO, MONEY
 
+LIMIT_MAX = 2**31 - 1  # what the database column holds
+
 
 class CreateTokenForm(forms.Form):
     name = forms.CharField(max_length=100, required=False, help_text="To tell your keys apart.")
@@ -38,18 +40,21 @@ class CreateTokenForm(forms.Form):
         label="Requests per minute",
         required=False,
         min_value=1,
+        max_value=LIMIT_MAX,
         help_text="Optional. Empty: only your account's limits apply.",
     )
     tpm = forms.IntegerField(
         label="Tokens per minute",
         required=False,
         min_value=1,
+        max_value=LIMIT_MAX,
         help_text="Optional: prompt + completion tokens. Empty: only your account's limits apply.",
     )
     max_concurrency = forms.IntegerField(
         label="Concurrent requests",
         required=False,
         min_value=1,
+        max_value=LIMIT_MAX,
         help_text="Optional: requests in flight at once. Empty: only your account's limits apply.",
     )
 
