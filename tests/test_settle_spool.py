@@ -25,7 +25,7 @@ REFUSE = {
     ],
     "postgresql": [
         "CREATE FUNCTION test_refuse_settle() RETURNS trigger AS $$ BEGIN "
-        "RAISE EXCEPTION 'the database refuses'; END $$ LANGUAGE plpgsql",
+        "RAISE EXCEPTION 'the database refuses' USING ERRCODE = '57P03'; END $$ LANGUAGE plpgsql",
         "CREATE TRIGGER test_refuse_settle BEFORE UPDATE ON billing_usagerecord "
         "FOR EACH ROW EXECUTE FUNCTION test_refuse_settle()",
     ],
