@@ -17,7 +17,11 @@ class BillingConfig(AppConfig):
 def settle_trigger_in_place(using="default", **kwargs):
     """SQLite drops the settle trigger (migration billing 0002) whenever a migration rebuilds a
     table it names (a column with a default added to users, tokens or usage records): make it
-    again after every migrate. PostgreSQL keeps it through ALTER TABLE."""
+    again after every migrate. PostgreSQL keeps it through ALTER TABLE.
+
+    Rebuilding the tables the trigger's body writes (groups_user, tokens_token) fails on SQLite
+    while the trigger exists ("no such table" as the rebuilt table is renamed): a migration that
+    does it must drop the trigger first (billing 0002's SQLITE_DROP in a RunPython step)."""
     connection = connections[using]
     if connection.vendor != "sqlite":
         return
