@@ -53,9 +53,13 @@ INSTALLED_APPS = [
     "tokens",
     "billing",
     "axes",  # failed sign-ins, throttled (airouter/login.py)
+    "corsheaders",  # browser clients of /v1 (CORS_ALLOWED_ORIGINS)
 ]
 
 MIDDLEWARE = [
+    # CORS on /v1 for the origins in CORS_ALLOWED_ORIGINS (none by default): outermost, so
+    # every answer (the relay's error envelopes too) carries its headers; preflights end here.
+    "corsheaders.middleware.CorsMiddleware",
     # /v1: x-request-id on every response, the OpenAI error envelope instead of HTML.
     "airouter.relay.errors.RelayMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -213,6 +217,49 @@ SETTLE_SPOOL_DIR = env("SETTLE_SPOOL_DIR", default=str(BASE_DIR / "var" / "settl
 RELAY_MAX_STREAM_SECONDS = env.float("RELAY_MAX_STREAM_SECONDS", default=3600.0)
 # Whether responses name the serving channel in x-airouter-channel.
 RELAY_EXPOSE_CHANNEL = env.bool("RELAY_EXPOSE_CHANNEL", default=True)
+# Browser clients: the origins (https://app.example.com) whose pages may call /v1 with a key
+# (Access-Control-* headers, preflights answered without one). Empty (the default): none.
+# Credentials are never allowed: a key travels in a header, not a cookie.
+CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
+CORS_URLS_REGEX = r"^/v1(/.*)?$"
+CORS_ALLOW_HEADERS = [
+    "authorization",
+    "x-api-key",
+    "anthropic-version",
+    "anthropic-beta",
+    "content-type",
+    # What the official JavaScript SDKs send from a browser (dangerouslyAllowBrowser).
+    "anthropic-dangerous-direct-browser-access",
+    *(
+        f"x-stainless-{name}"
+        for name in (
+            "arch",
+            "lang",
+            "os",
+            "package-version",
+            "runtime",
+            "runtime-version",
+            "retry-count",
+            "timeout",
+            "read-timeout",
+            "helper-method",
+        )
+    ),
+]
+CORS_EXPOSE_HEADERS = [
+    "x-request-id",
+    "request-id",
+    *(
+        f"x-ratelimit-{what}-{kind}"
+        for what in ("limit", "remaining", "reset")
+        for kind in ("requests", "tokens")
+    ),
+    "x-airouter-group",
+    "x-airouter-channel",
+    "retry-after",
+    "x-should-retry",
+]
+CORS_PREFLIGHT_MAX_AGE = 600
 # Reverse proxies (IPs or CIDRs) trusted to name the client in X-Forwarded-For, for token IP
 # allowlists. Empty: the client is whoever connects (REMOTE_ADDR).
 RELAY_TRUSTED_PROXIES = [p.strip() for p in env.list("RELAY_TRUSTED_PROXIES", default=[])]

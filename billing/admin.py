@@ -2,6 +2,7 @@ from functools import cached_property
 
 from django.contrib import admin
 from django.core.paginator import Paginator
+from django.db.models import Q
 
 from airouter.admin_display import CSS, badge
 from billing.models import UsageRecord
@@ -52,7 +53,18 @@ class UsernameFilter(TextInputFilter):
     parameter_name = "username"
 
     def queryset(self, request, queryset):
-        return queryset.filter(user__username=self.value()) if self.value() else queryset
+        if not self.value():
+            return queryset
+        # The user's records, and those of a deleted user of that name.
+        return queryset.filter(
+            Q(user__username=self.value()) | Q(user__isnull=True, username=self.value())
+        )
+
+
+def _label(related, kept_name: str) -> str:
+    if related is not None:
+        return str(related)
+    return f"{kept_name} (deleted)" if kept_name else "-"
 
 
 STATUS_LEVEL = {"success": "ok", "client_disconnected": "warn"}
@@ -63,10 +75,10 @@ class UsageRecordAdmin(admin.ModelAdmin):
     list_display = (
         "created",
         "requested_model",
-        "user",
+        "user_label",
         "token_prefix",
-        "group",
-        "channel",
+        "group_label",
+        "channel_label",
         "endpoint",
         "prompt_tokens",
         "cached_tokens",
@@ -107,6 +119,19 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    # The user, group or channel; once it is deleted, the name the record kept ("(deleted)").
+    @admin.display(description="user", ordering="user__username")
+    def user_label(self, record):
+        return _label(record.user, record.username)
+
+    @admin.display(description="group", ordering="group__name")
+    def group_label(self, record):
+        return _label(record.group, record.group_name)
+
+    @admin.display(description="channel", ordering="channel__name")
+    def channel_label(self, record):
+        return _label(record.channel, record.channel_name)
 
     @admin.display(description="token", ordering="token__key_prefix")
     def token_prefix(self, record):

@@ -117,6 +117,7 @@ def reserve(
     record = UsageRecord(
         request_id=request_id,
         user_id=token.owner_id,
+        username=token.owner.username,  # loaded with the token (tokens.authentication)
         token_id=token.pk,
         endpoint=endpoint,
         requested_model=model,

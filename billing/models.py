@@ -37,6 +37,11 @@ class UsageRecord(models.Model):
     channel = models.ForeignKey(
         Channel, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage"
     )
+    # The names as they were when the record was written (the user) or settled (the group and
+    # channel that served): what the record still says once the row behind a reference is gone.
+    username = models.CharField(max_length=150, blank=True, default="")
+    group_name = models.CharField(max_length=100, blank=True, default="")
+    channel_name = models.CharField(max_length=100, blank=True, default="")
     endpoint = models.CharField(max_length=40, default="chat/completions")
     requested_model = models.CharField(max_length=200)
     upstream_model = models.CharField(max_length=200, blank=True)

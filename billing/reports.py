@@ -3,7 +3,7 @@
 from datetime import datetime
 
 from django.db.models import Count, F, Sum, Value
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, NullIf
 
 from billing.models import UsageRecord
 
@@ -15,6 +15,17 @@ DIMENSIONS = {
     "channel": "channel__name",
     "model": "requested_model",
 }
+# ...and the name the record kept, for when the group, user or channel is gone.
+KEPT_NAMES = {"group": "group_name", "user": "username", "channel": "channel_name"}
+
+
+def dimension(by: str):
+    """The grouping expression: the related row's name, else the name the record kept."""
+    if by not in KEPT_NAMES:
+        return F(DIMENSIONS[by])
+    return Coalesce(F(DIMENSIONS[by]), NullIf(F(KEPT_NAMES[by]), Value("")))
+
+
 COLUMNS = [
     "key",
     "requests",
@@ -32,8 +43,9 @@ def usage_totals(
     """Requests, prompt tokens (cached, cache writes), completion tokens and cost per `by`
     value, costliest first.
 
-    `since` is inclusive, `until` exclusive. Rows whose group/user/token/channel was
-    deleted (or never set) are summed under key None.
+    `since` is inclusive, `until` exclusive. Rows whose group, user or channel was deleted
+    are summed under the name the record kept; rows without one (a deleted token, records
+    written before names were kept, a request no channel served) under key None.
     """
     records = UsageRecord.objects.all()
     if since is not None:
@@ -41,7 +53,7 @@ def usage_totals(
     if until is not None:
         records = records.filter(created__lt=until)
     return list(
-        records.values(key=F(DIMENSIONS[by]))
+        records.values(key=dimension(by))
         .annotate(
             requests=Count("pk"),
             prompt_tokens=Coalesce(Sum("prompt_tokens"), Value(0)),

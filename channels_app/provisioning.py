@@ -28,16 +28,41 @@ class SavedChannel:
 
 
 def parse_model_map(text: str) -> dict[str, str]:
-    """'public=upstream,other=up2' -> {'public': 'upstream', 'other': 'up2'}."""
+    """'public=upstream,other=up2,old=' -> {'public': 'upstream', 'other': 'up2', 'old': ''}.
+
+    An empty upstream ('old=') asks save_channel to remove that entry."""
     mapping = {}
     for pair in (p.strip() for p in text.split(",")):
         if not pair:
             continue
         public, sep, upstream = (part.strip() for part in pair.partition("="))
-        if not sep or not public or not upstream:
-            raise ValidationError(f"Model map entries look like public=upstream, not '{pair}'.")
+        if not sep or not public:
+            raise ValidationError(
+                f"Model map entries look like public=upstream (or public= to remove one), "
+                f"not '{pair}'."
+            )
         mapping[public] = upstream
     return mapping
+
+
+def merge_model_map(current: dict, changes: dict[str, str], models: list[str]) -> dict[str, str]:
+    """The channel's map with `changes` merged in: an entry with an empty upstream is removed,
+    the others added or replaced. Refuses a mapping for a model the channel does not list."""
+    unlisted = sorted(
+        public for public, upstream in changes.items() if upstream and public not in models
+    )
+    if unlisted:
+        raise ValidationError(
+            f"--model-map: the channel does not list {', '.join(repr(m) for m in unlisted)} "
+            f"(its models: {', '.join(models) or 'none'}); add it with --models first."
+        )
+    merged = dict(current) if isinstance(current, dict) else {}
+    for public, upstream in changes.items():
+        if upstream:
+            merged[public] = upstream
+        else:
+            merged.pop(public, None)
+    return merged
 
 
 def groups_named(names: list[str]) -> list[Group]:
@@ -70,7 +95,8 @@ def save_channel(
     mock_delay_ms: int | None = None,
 ) -> SavedChannel:
     """Create the channel (base URL, key and models required; a mock channel needs only
-    models) or update the given options."""
+    models) or update the given options. `model_map` is merged into the channel's map (see
+    merge_model_map), not a replacement of it."""
     groups = groups_named(group_names) if group_names is not None else None
     with transaction.atomic():
         channel = Channel.objects.select_for_update().filter(name=name).first()
@@ -97,7 +123,6 @@ def save_channel(
             "output_price": output_price,
             "cached_input_price": cached_input_price,
             "cache_write_price": cache_write_price,
-            "model_map": model_map,
             "connect_timeout": connect_timeout,
             "read_timeout": read_timeout,
             "total_timeout": total_timeout,
@@ -107,6 +132,11 @@ def save_channel(
             if value is not None and getattr(channel, attr) != value:
                 setattr(channel, attr, value)
                 changed.append(attr)
+        if model_map is not None:
+            merged = merge_model_map(channel.model_map, model_map, channel.model_list)
+            if merged != channel.model_map:
+                channel.model_map = merged
+                changed.append("model_map")
         if channel.mock_delay_ms and channel.kind != Channel.Kind.MOCK:
             raise ValidationError(
                 "Only a mock channel has a mock delay (--mock-delay-ms 0 takes it off)."

@@ -158,12 +158,35 @@ def release(response, complete: bool) -> None:
 def _reason(exc: Exception) -> str:
     """What went wrong, without where: the message reaches API clients, and the upstream's
     address is the operator's business (the channel name says which one it was)."""
+    plain = _plain_words(exc)
+    if plain:
+        return plain
     reason = getattr(exc, "reason", None) or exc
     text = str(reason)
     # urllib3 prefixes the connection object's repr: keep the useful tail.
     text = text.split(": ", 1)[-1] if text.startswith("<") else text
     text = _RESOLVE.sub("could not resolve the upstream's host name", text)
     return _ADDRESS.sub("", text).strip() or type(exc).__name__
+
+
+# What urllib3 and the socket layer say (a Python repr, such as "Connection broken:
+# IncompleteRead(0 bytes read)"), in words a client can read.
+_PLAIN = (
+    ("IncompleteRead", "the upstream closed the connection mid-answer"),
+    ("InvalidChunkLength", "the upstream closed the connection mid-answer"),
+    ("RemoteDisconnected", "the upstream closed the connection without answering"),
+    ("Connection reset", "the upstream reset the connection"),
+    ("Broken pipe", "the upstream closed the connection while the request was sent"),
+    ("Connection refused", "connection refused (nothing listens at the upstream's address)"),
+)
+
+
+def _plain_words(exc: Exception) -> str:
+    seen, text = exc, ""
+    while seen is not None and len(text) < 2000:  # the exception and its causes
+        text += f" {seen!r} {getattr(seen, 'reason', '')!r} {seen.__class__.__name__}"
+        seen = seen.__cause__ or seen.__context__
+    return next((words for marker, words in _PLAIN if marker in text), "")
 
 
 # urllib3's "Failed to resolve 'llm.internal' ([Errno -2] ...)" names the host

@@ -5,6 +5,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Lower
 from django.utils.timezone import now
 
 DEFAULT_GROUP_NAME = "default"
@@ -108,6 +109,12 @@ class Group(models.Model):
                 condition=Q(multiplier__gt=0), name="groups_group_multiplier_positive"
             ),
             models.CheckConstraint(condition=~Q(name=AUTO), name="groups_group_name_not_auto"),
+            # PRO and pro would look like one group to people and route as two.
+            models.UniqueConstraint(
+                Lower("name"),
+                name="groups_group_name_ci_unique",
+                violation_error_message="A group with this name in another case already exists.",
+            ),
         ]
 
     def __str__(self):
@@ -118,6 +125,23 @@ class Group(models.Model):
             raise ValidationError({"multiplier": "The multiplier must be greater than zero."})
         if self.name == AUTO:
             raise ValidationError({"name": "'auto' is reserved for tokens that fail over."})
+        if self.name and (other := same_name_other_case(self.name, exclude_pk=self.pk)):
+            raise ValidationError({"name": name_taken_message(self.name, other)})
+
+
+def same_name_other_case(name: str, exclude_pk=None) -> "Group | None":
+    """The group whose name equals `name` ignoring case but is spelt differently, if any."""
+    others = Group.objects.filter(name__iexact=name).exclude(name=name)
+    if exclude_pk is not None:
+        others = others.exclude(pk=exclude_pk)
+    return others.first()
+
+
+def name_taken_message(name: str, other: "Group") -> str:
+    return (
+        f"A group named '{other.name}' already exists: group names are compared ignoring case, "
+        f"so '{name}' would be the same name. Use '{other.name}' or another name."
+    )
 
 
 DEFAULT_GROUP_FIELDS = {"description": "Every user starts here.", "auto_priority": 100}

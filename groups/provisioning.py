@@ -15,7 +15,7 @@ from django.db import transaction
 from django.db.models import F
 
 from billing.pricing import money
-from groups.models import LIMIT_FIELDS, Group, User
+from groups.models import LIMIT_FIELDS, Group, User, name_taken_message, same_name_other_case
 
 CLEAR = 0  # a rate limit given as this is removed (no limit; a user's: the group's default)
 
@@ -94,12 +94,16 @@ def save_group(
     max_concurrency: int | None = None,
 ) -> Saved:
     """Create the group, or update the given options of an existing one. The rate limits are
-    the defaults of each of its users."""
+    the defaults of each of its users. A name that differs only in case from an existing
+    group's is refused (group names are unique ignoring case)."""
     limits = {"rpm": rpm, "tpm": tpm, "max_concurrency": max_concurrency}
     with transaction.atomic():
         group = Group.objects.select_for_update().filter(name=name).first()
         created = group is None
         if created:
+            other = same_name_other_case(name)
+            if other is not None:
+                raise ValidationError(name_taken_message(name, other))
             group = Group(name=name)
         changed = _apply(
             group,

@@ -21,6 +21,14 @@ def run(*args, **kw) -> str:
     return out.getvalue()
 
 
+def run_empty_plan(*args, **kw) -> str:
+    """`route` with an empty plan: the explanation is printed, then a non-zero exit."""
+    out = StringIO()
+    with pytest.raises(CommandError, match="No attempt"):
+        call_command(*args, stdout=out, **kw)
+    return out.getvalue()
+
+
 def test_route_prints_the_plan_in_order(fake_upstream):
     pro = make_group("pro", multiplier=Decimal("1.5"))
     make_channel("primary", groups=[pro], priority=10, weight=2, input_price=Decimal("0.15"))
@@ -53,7 +61,7 @@ def test_route_explains_an_empty_plan(db):
     make_channel("other-model", groups=[second], model_names="gpt-4o")
     token, _ = make_token(make_user("oz", group=first), group_name="auto")
 
-    output = run("route", token=token.key_prefix, model="gpt-4o-mini")
+    output = run_empty_plan("route", token=token.key_prefix, model="gpt-4o-mini")
     assert "No attempt" in output
     assert "channel off is not usable: disabled by hand (billing)" in output
     assert "channel other-model does not list gpt-4o-mini" in output
@@ -119,7 +127,7 @@ def test_route_explains_a_group_closed_to_the_owner(db):
 
     token.owner.group = make_group("basic")
     token.owner.save()
-    output = run("route", token=token.key_prefix, model="gpt-4o-mini")
+    output = run_empty_plan("route", token=token.key_prefix, model="gpt-4o-mini")
     assert "No attempt" in output and "primary" not in output
     assert "group 'pro'" in output and "no longer available" in output
     assert "403 group_not_allowed" in output
@@ -128,7 +136,7 @@ def test_route_explains_a_group_closed_to_the_owner(db):
 def test_route_explains_an_auto_token_without_groups(db):
     make_channel("primary", groups=[make_group("pro")])
     token, _ = make_token(make_user("rae", group=make_group("pro")), group_name="auto")
-    output = run("route", token=token.key_prefix, model="gpt-4o-mini")
+    output = run_empty_plan("route", token=token.key_prefix, model="gpt-4o-mini")
     assert "no active group with an auto priority is open to user rae" in output
     assert "group default: skipped" in output
     assert "(none)" not in output

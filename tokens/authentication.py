@@ -177,6 +177,29 @@ class KeyRefused(APIException):
         self.headers = headers or {}
 
 
+EXPECTED = "Expected `Authorization: Bearer <key>` (or `x-api-key: <key>`)"
+
+
+def malformed_authorization(header: str) -> str:
+    """What is wrong with an Authorization header that carries no Bearer key ("" if it is
+    absent or blank): said to the client instead of "you didn't provide an API key"."""
+    header = header.strip()
+    if not header:
+        return ""
+    scheme, sep, rest = header.partition(" ")
+    if scheme.lower() == "bearer":
+        return f"{EXPECTED}, got `Bearer` with no key after it."
+    if scheme.lower().startswith("bearer"):
+        if scheme[6:7].isspace():  # "Bearer<TAB>key"
+            return f"{EXPECTED}, got `Bearer` and the key separated by a tab, not a space."
+        return f"{EXPECTED}, got no space between `Bearer` and the key."
+    if scheme.isalpha() and sep and rest.strip() and len(scheme) <= 20:
+        return f"{EXPECTED}, got a {scheme.capitalize()} credential."
+    if scheme.lower().startswith("sk-") or not sep:
+        return f"{EXPECTED}, got a value without the `Bearer ` scheme before it."
+    return f"{EXPECTED}, got an Authorization header in another form."
+
+
 def _unauthorized(message: str, code: str) -> KeyRefused:
     return KeyRefused(401, message, code=code, headers={"WWW-Authenticate": CHALLENGE})
 
@@ -185,6 +208,9 @@ class TokenAuthentication(BaseAuthentication):
     def authenticate(self, request):
         key = presented_key(request)
         if not key:
+            malformed = malformed_authorization(request.META.get("HTTP_AUTHORIZATION", ""))
+            if malformed:
+                raise _unauthorized(malformed, "invalid_api_key")
             raise _unauthorized(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer sk-...' "
                 "or 'x-api-key: sk-...'.",

@@ -13,6 +13,7 @@ import json
 import logging
 import uuid
 
+from django.core.exceptions import DisallowedHost
 from django.http import HttpResponse
 from rest_framework import exceptions
 
@@ -239,4 +240,25 @@ class RelayMiddleware:
             return error_response(too_large())
         if status >= 500:
             return server_error()
+        if status == 400 and (host := disallowed_host(request)) is not None:
+            return json_response(
+                400,
+                envelope(
+                    f"This server does not answer for the host {host!r} (the Host header of "
+                    "the request): its operator has to add it to the ALLOWED_HOSTS setting "
+                    "(a comma-separated list in the environment or .env), or call the server "
+                    "by a name that is listed there.",
+                    "invalid_request_error",
+                    "host_not_allowed",
+                ),
+            )
         return json_response(status, envelope(f"HTTP {status}", "invalid_request_error"))
+
+
+def disallowed_host(request) -> str | None:
+    """The request's Host when ALLOWED_HOSTS does not list it (Django answered 400), else None."""
+    try:
+        request.get_host()
+    except DisallowedHost:
+        return request.META.get("HTTP_HOST", "")[:200]
+    return None

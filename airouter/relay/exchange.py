@@ -112,6 +112,9 @@ class Exchange:
         outcome = {
             "group_id": attempt.group.id if attempt else None,
             "channel_id": attempt.channel.id if attempt else None,
+            # The names stay on the record if the group or channel is deleted later.
+            "group_name": attempt.group.name if attempt else "",
+            "channel_name": attempt.channel.name if attempt else "",
             "upstream_model": attempt.channel.upstream_model(self.model) if attempt else "",
             "prompt_tokens": usage.input_tokens,
             "completion_tokens": usage.output_tokens,

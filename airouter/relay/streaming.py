@@ -209,7 +209,7 @@ class EventStream:
             error = f"failed mid-stream: {exc.message}"
             health.note(channel, Channel.Outcome.FAILURE, error)
             yield self._error(
-                f"The upstream failed after the stream started: {error}",
+                f"The upstream failed after the stream started: {exc.message}.",
                 "upstream_error",
                 exc.status,
             )

@@ -399,10 +399,60 @@ def refused(exchange, b, result, attempt, expose):
         return served(
             error_response(RelayError(status, message, code="upstream_error")), attempt, expose
         )
-    data = upstream.scrub(result.data, attempt.channel.key)
+    data = result.data
+    if b.client != bridges.MESSAGES:  # Anthropic's answer stays as Anthropic wrote it
+        data = openai_error_body(data, status)
+    data = upstream.scrub(data, attempt.channel.key)
     return served(
         HttpResponse(data, status=status, content_type="application/json"), attempt, expose
     )
+
+
+ENVELOPE_FIELDS = ("message", "type", "param", "code")
+
+
+def openai_error_body(data: bytes, status: int) -> bytes:
+    """An upstream's own 4xx answer as the OpenAI envelope the SDKs parse: an `error` object
+    with `message`, `type`, `param` and `code`. What the upstream wrote is kept; what it left
+    out is filled in; an answer that is not an envelope is wrapped in one."""
+    try:
+        parsed = json.loads(data)
+    except (ValueError, RecursionError):
+        parsed = None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict):
+        if all(name in error for name in ENVELOPE_FIELDS) and isinstance(error["message"], str):
+            return data  # already whole: byte for byte as the upstream wrote it
+        filled = dict(error)
+        message = error.get("message")
+        filled["message"] = message if isinstance(message, str) and message else f"{_said(status)}."
+        filled.setdefault("type", "invalid_request_error")
+        filled.setdefault("param", None)
+        filled.setdefault("code", None)
+        return dumps({**parsed, "error": filled})
+    # Not an envelope: {"error": "text"}, a flat {"message", "type", ...} (vLLM and others),
+    # or some other JSON value.
+    flat = parsed if isinstance(parsed, dict) else {}
+    if isinstance(error, str) and error:
+        message = error
+    elif isinstance(flat.get("message"), str) and flat["message"]:
+        message = flat["message"]
+    elif isinstance(flat.get("detail"), str) and flat["detail"]:
+        message = flat["detail"]
+    else:
+        text = data[:300].decode("utf-8", "replace").strip()
+        message = f"{_said(status)}: {text}" if text else f"{_said(status)}."
+    wrapped = {
+        "message": message,
+        "type": flat.get("type") if isinstance(flat.get("type"), str) else "invalid_request_error",
+        "param": flat.get("param"),
+        "code": flat.get("code"),
+    }
+    return dumps({"error": wrapped})
+
+
+def _said(status: int) -> str:
+    return f"The upstream refused the request (HTTP {status})"
 
 
 def whole_answer(exchange, b, result, upstream_model):

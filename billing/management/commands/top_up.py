@@ -29,6 +29,6 @@ class Command(BaseCommand):
         if options["verbosity"] >= 1:
             self.stdout.write(
                 self.style.SUCCESS(
-                    f"Topped up '{user.username}' by {amount}; balance now {money(balance)}."
+                    f"Topped up '{user.username}' by {money(amount)}; balance now {money(balance)}."
                 )
             )

@@ -2,12 +2,16 @@
 
 The key is stored encrypted and never printed. Options not given keep their current value on
 update; a new channel needs --base-url, --key and --models (a mock channel only --models: it
-answers inside the router and calls nothing).
+answers inside the router and calls nothing). --model-map is merged into the channel's map
+(public= removes an entry). A base URL that does not end in a version segment (/v1, /v1beta,
+/api/v3) gets a warning; --check probes the channel once it is saved.
 """
 
 import argparse
+import re
+from urllib.parse import urlsplit
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from airouter.arguments import (
     decimal_or_none,
@@ -16,6 +20,7 @@ from airouter.arguments import (
     seconds_or_none,
     validation_as_command_error,
 )
+from channels_app import health
 from channels_app.models import Channel
 from channels_app.provisioning import parse_model_map, save_channel
 
@@ -56,7 +61,12 @@ class Command(BaseCommand):
             "--cache-write-price",
             help="Price per 1M prompt tokens written to the cache (unset: the input price).",
         )
-        parser.add_argument("--model-map", help="public=upstream,... name rewrites.")
+        parser.add_argument(
+            "--model-map",
+            help="public=upstream,... name rewrites, merged into the channel's map: entries "
+            "not named keep their value, public= (empty upstream) removes one. Each public "
+            "name must be one of the channel's models.",
+        )
         parser.add_argument("--connect-timeout", help="Seconds to open a connection (default 5).")
         parser.add_argument(
             "--read-timeout", help="Longest silence between bytes, in seconds (default 60)."
@@ -69,6 +79,12 @@ class Command(BaseCommand):
             "--mock-delay-ms",
             help="A mock channel: milliseconds before it answers (a stream: before its first "
             "event, then a tenth of this between events). Default 0.",
+        )
+        parser.add_argument(
+            "--check",
+            action="store_true",
+            help="Probe the channel once saved (as check_channels does) and report the result; "
+            "exit non-zero if it fails.",
         )
 
     def handle(self, *args, **options):
@@ -108,3 +124,37 @@ class Command(BaseCommand):
             summary = f"Channel '{channel.name}' already exists with these settings."
         if options["verbosity"] >= 1:
             self.stdout.write(self.style.SUCCESS(summary))
+        if options["base_url"] is not None or saved.created:
+            warning = base_url_warning(channel)
+            if warning:
+                self.stderr.write(self.style.WARNING(warning))
+        if options["check"]:
+            self.check_channel(channel, options["verbosity"])
+
+    def check_channel(self, channel, verbosity):
+        result = health.probe(channel)
+        status = result.status if result.status is not None else "-"
+        line = f"Check: {'OK' if result.ok else 'FAIL'} status={status} {result.latency_ms} ms"
+        if not result.ok:
+            raise CommandError(f"{line} {result.error}")
+        if verbosity >= 1:
+            self.stdout.write(self.style.SUCCESS(line))
+
+
+# The path of a base URL ends in the API version: /v1, /v1beta, /api/v3, /openai/v2alpha...
+VERSION_SEGMENT = re.compile(r"/v\d+[a-z0-9]*$", re.IGNORECASE)
+
+
+def base_url_warning(channel) -> str:
+    """A warning when the base URL's path does not end in a version segment (the router
+    appends the endpoint, e.g. chat/completions, to it); '' when it does, or for a mock."""
+    if channel.kind == Channel.Kind.MOCK:
+        return ""
+    path = urlsplit(channel.base_url).path.rstrip("/")
+    if VERSION_SEGMENT.search(path):
+        return ""
+    return (
+        f"Warning: the base URL {channel.base_url} does not end in a version segment such as "
+        "/v1, /v1beta or /api/v3: the router appends the endpoint (chat/completions) to it, "
+        "so clients would see the upstream's 404. Saved anyway."
+    )

@@ -1,8 +1,8 @@
 """Show where a token's request for a model would go, without sending anything.
 
 The operator's answer to "which channel will this key land on?": the ordered attempts, the
-state of each channel's circuit breaker, and for an empty plan, why each group and channel was
-left out.
+state of each channel's circuit breaker, and why each group and channel was left out. An
+empty plan ends in a CommandError (a non-zero exit) after its explanation.
 """
 
 import time
@@ -66,7 +66,8 @@ class Command(BaseCommand):
                 out.write(f"  - {plan.no_group} Requests get {answer}.")
             for note in plan.notes or ([] if plan.no_group else ["nothing to try."]):
                 out.write(f"  - {note}")
-            return
+            # A non-zero exit, so scripts and CI see that this token cannot reach the model.
+            raise CommandError(f"No attempt: nothing can serve {model} for this token.")
 
         header = (
             "#",
@@ -106,7 +107,8 @@ class Command(BaseCommand):
             "order is weighted random: this is one draw."
         )
         self.write_breakers(plan)
-        if options["verbosity"] > 1:
+        if plan.notes:
+            out.write("Left out:")
             for note in plan.notes:
                 out.write(f"  - {note}")
 

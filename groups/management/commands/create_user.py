@@ -7,6 +7,7 @@ admin if they should sign in to the key page.
 from django.core.management.base import BaseCommand
 
 from airouter.arguments import decimal_or_none, validation_as_command_error
+from billing.pricing import money
 from groups.models import limits_label
 from groups.provisioning import add_limit_arguments, limit_options, save_user
 
@@ -35,7 +36,7 @@ class Command(BaseCommand):
         if saved.created:
             summary = (
                 f"Created user '{user.username}' in group '{user.group.name}', "
-                f"balance {user.balance}."
+                f"balance {money(user.balance)}."
             )
             if limits_label(user):
                 summary += f" Limits: {limits_label(user)}."
