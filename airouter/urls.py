@@ -4,6 +4,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from airouter import health_views, login
+from airouter.favicon import favicon
 from airouter.relay import views as relay_views
 from billing.views import usage
 
@@ -21,5 +22,7 @@ urlpatterns = [
     path("healthz", health_views.healthz, name="healthz"),
     path("readyz", health_views.readyz, name="readyz"),
     path("metrics", health_views.metrics, name="metrics"),
+    # Browsers ask every site for /favicon.ico (the admin's pages too): the router's icon.
+    path("favicon.ico", favicon, name="favicon"),
     path("", RedirectView.as_view(pattern_name="keys"), name="home"),
 ]

@@ -1,9 +1,11 @@
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.db.models import Q
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from airouter.admin_display import CSS, badge
@@ -111,6 +113,28 @@ EDITABLE = (
 )
 
 
+class TokenStateFilter(admin.SimpleListFilter):
+    """Active, expired or revoked: what a key does now (an expired key is still "active" in
+    its status column until someone revokes it)."""
+
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return (("active", "Active"), ("expired", "Expired"), ("revoked", "Revoked"))
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        unexpired = Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+        if self.value() == "active":
+            return queryset.filter(unexpired, status=Token.Status.ACTIVE)
+        if self.value() == "expired":
+            return queryset.filter(status=Token.Status.ACTIVE, expires_at__lte=now)
+        if self.value() == "revoked":
+            return queryset.filter(status=Token.Status.REVOKED)
+        return queryset
+
+
 @admin.register(Token)
 class TokenAdmin(admin.ModelAdmin):
     form = TokenForm
@@ -127,7 +151,7 @@ class TokenAdmin(admin.ModelAdmin):
         "last_used_at",
         "created",
     )
-    list_filter = ("status", "auto", "group")
+    list_filter = (TokenStateFilter, "auto", "group")
     list_select_related = ("owner__group", "group")
     search_fields = ("key_prefix", "name", "owner__username")
     autocomplete_fields = ("owner",)  # search users by name, not by numeric id
