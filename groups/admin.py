@@ -186,10 +186,27 @@ class GroupAdmin(admin.ModelAdmin):
         return group.num_channels
 
 
+class UserKindFilter(admin.SimpleListFilter):
+    """API users (who call /v1) apart from staff (who run the admin)."""
+
+    title = "kind"
+    parameter_name = "kind"
+
+    def lookups(self, request, model_admin):
+        return (("api", "API users"), ("staff", "Staff"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "api":
+            return queryset.filter(is_staff=False)
+        if self.value() == "staff":
+            return queryset.filter(is_staff=True)
+        return queryset
+
+
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
     list_display = ("username", "email", "group", "balance_display", "is_staff", "is_active")
-    list_filter = ("group", "is_staff", "is_superuser", "is_active")
+    list_filter = (UserKindFilter, "group", "is_superuser", "is_active")
     list_select_related = ("group",)
     fieldsets = (
         (None, {"fields": ("username", "password")}),

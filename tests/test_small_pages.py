@@ -34,3 +34,13 @@ def test_the_token_list_filters_expired_keys(admin_client):
     assert "live-key" in pages["active"] and "old-key" not in pages["active"]
     assert "old-key" in pages["expired"] and "live-key" not in pages["expired"]
     assert "gone-key" in pages["revoked"] and "gone-key" not in pages["active"]
+
+
+def test_the_user_list_shows_api_users_apart_from_staff(admin_client):
+    make_user("api-person")
+    make_user("ops-person", is_staff=True)
+    url = reverse("admin:groups_user_changelist")
+    api = admin_client.get(url, {"kind": "api"}).content.decode()
+    staff = admin_client.get(url, {"kind": "staff"}).content.decode()
+    assert "api-person" in api and "ops-person" not in api
+    assert "ops-person" in staff and "api-person" not in staff
