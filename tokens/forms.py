@@ -10,6 +10,16 @@ from groups.models import AUTO, MONEY
 LIMIT_MAX = 2**31 - 1  # what the database column holds
 
 
+def limit_field(label: str, what: str) -> forms.IntegerField:
+    return forms.IntegerField(
+        label=label,
+        required=False,
+        min_value=1,
+        max_value=LIMIT_MAX,
+        help_text=f"Optional{what}. Empty: only your account's limits apply.",
+    )
+
+
 class CreateTokenForm(forms.Form):
     name = forms.CharField(max_length=100, required=False, help_text="To tell your keys apart.")
     group = forms.ChoiceField(
@@ -36,27 +46,9 @@ class CreateTokenForm(forms.Form):
         help_text="Optional, comma-separated. Empty: every model of the group.",
     )
 
-    rpm = forms.IntegerField(
-        label="Requests per minute",
-        required=False,
-        min_value=1,
-        max_value=LIMIT_MAX,
-        help_text="Optional. Empty: only your account's limits apply.",
-    )
-    tpm = forms.IntegerField(
-        label="Tokens per minute",
-        required=False,
-        min_value=1,
-        max_value=LIMIT_MAX,
-        help_text="Optional: prompt + completion tokens. Empty: only your account's limits apply.",
-    )
-    max_concurrency = forms.IntegerField(
-        label="Concurrent requests",
-        required=False,
-        min_value=1,
-        max_value=LIMIT_MAX,
-        help_text="Optional: requests in flight at once. Empty: only your account's limits apply.",
-    )
+    rpm = limit_field("Requests per minute", "")
+    tpm = limit_field("Tokens per minute", ": prompt + completion tokens")
+    max_concurrency = limit_field("Concurrent requests", ": requests in flight at once")
 
     def __init__(self, *args, owner, **kwargs):
         super().__init__(*args, **kwargs)

@@ -43,14 +43,6 @@ def _nonsense(usage: dict, fields: tuple, details: dict) -> bool:
     return False
 
 
-CHAT_DETAILS = {
-    "prompt_tokens_details": ("cached_tokens", "cache_write_tokens"),
-    "completion_tokens_details": ("reasoning_tokens",),
-}
-RESPONSES_DETAILS = {
-    "input_tokens_details": ("cached_tokens", "cache_write_tokens"),
-    "output_tokens_details": ("reasoning_tokens",),
-}
 MESSAGES_FIELDS = (
     "input_tokens",
     "output_tokens",
@@ -64,26 +56,37 @@ def _detail(usage: dict, name: str, field: str) -> int:
     return (count(details.get(field)) or 0) if isinstance(details, dict) else 0
 
 
-def from_chat(usage) -> Usage | None:
-    """OpenAI chat/completions/embeddings `usage`."""
+def _from_openai(usage, input_name: str, output_name: str) -> Usage | None:
+    """OpenAI's two usage shapes (chat's prompt/completion, Responses' input/output): the
+    input count includes the cached tokens and, from proxies of prompt-caching models, the
+    cache writes; the details sit under `<name>_details`."""
     if not isinstance(usage, dict):
         return None
-    if _nonsense(usage, ("prompt_tokens", "completion_tokens"), CHAT_DETAILS):
+    input_details, output_details = f"{input_name}_details", f"{output_name}_details"
+    details = {
+        input_details: ("cached_tokens", "cache_write_tokens"),
+        output_details: ("reasoning_tokens",),
+    }
+    if _nonsense(usage, (input_name, output_name), details):
         return Usage(corrected=True)
-    prompt = count(usage.get("prompt_tokens"))
+    prompt = count(usage.get(input_name))
     if prompt is None:
         return None
-    cached = min(prompt, _detail(usage, "prompt_tokens_details", "cached_tokens"))
+    cached = min(prompt, _detail(usage, input_details, "cached_tokens"))
     return Usage(
         input_tokens=prompt,
-        output_tokens=count(usage.get("completion_tokens")) or 0,
+        output_tokens=count(usage.get(output_name)) or 0,
         cached_tokens=cached,
-        # OpenAI-compatible proxies of prompt-caching models report the writes here
         cache_write_tokens=min(
-            prompt - cached, _detail(usage, "prompt_tokens_details", "cache_write_tokens")
+            prompt - cached, _detail(usage, input_details, "cache_write_tokens")
         ),
-        reasoning_tokens=_detail(usage, "completion_tokens_details", "reasoning_tokens"),
+        reasoning_tokens=_detail(usage, output_details, "reasoning_tokens"),
     )
+
+
+def from_chat(usage) -> Usage | None:
+    """OpenAI chat/completions/embeddings `usage`."""
+    return _from_openai(usage, "prompt_tokens", "completion_tokens")
 
 
 def to_chat(usage: Usage) -> dict:
@@ -101,23 +104,7 @@ def to_chat(usage: Usage) -> dict:
 
 def from_responses(usage) -> Usage | None:
     """OpenAI Responses `usage`."""
-    if not isinstance(usage, dict):
-        return None
-    if _nonsense(usage, ("input_tokens", "output_tokens"), RESPONSES_DETAILS):
-        return Usage(corrected=True)
-    prompt = count(usage.get("input_tokens"))
-    if prompt is None:
-        return None
-    cached = min(prompt, _detail(usage, "input_tokens_details", "cached_tokens"))
-    return Usage(
-        input_tokens=prompt,
-        output_tokens=count(usage.get("output_tokens")) or 0,
-        cached_tokens=cached,
-        cache_write_tokens=min(
-            prompt - cached, _detail(usage, "input_tokens_details", "cache_write_tokens")
-        ),
-        reasoning_tokens=_detail(usage, "output_tokens_details", "reasoning_tokens"),
-    )
+    return _from_openai(usage, "input_tokens", "output_tokens")
 
 
 def to_responses(usage: Usage) -> dict:
