@@ -2,7 +2,7 @@ import pytest
 
 from tests.factories import make_group, make_user
 
-pytest_plugins = ["tests.fake_upstream"]
+pytest_plugins = ["tests.fake_upstream", "tests.browser"]
 
 
 @pytest.fixture(scope="session")
