@@ -6,7 +6,7 @@ from django.views.generic import RedirectView
 from airouter import health_views, login
 from airouter.favicon import favicon
 from airouter.relay import views as relay_views
-from billing.views import usage
+from billing.views import pricing, usage
 
 urlpatterns = [
     # The admin's own login, throttled (airouter/login.py); its URL name stays admin:login.
@@ -18,6 +18,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("keys/", include("tokens.urls")),
     path("usage/", usage, name="usage"),
+    path("pricing/", pricing, name="pricing"),
     # For load balancers, orchestrators and Prometheus (no trailing slash: no redirect).
     path("healthz", health_views.healthz, name="healthz"),
     path("readyz", health_views.readyz, name="readyz"),

@@ -104,3 +104,52 @@ class UsageRecord(models.Model):
 
     def __str__(self):
         return f"{self.request_id} {self.requested_model}"
+
+
+class UsageRollup(models.Model):
+    """The usage records of one hour summed by group, model and channel: what the admin
+    dashboard reads (billing/rollups.py builds them from the records, never the request path).
+
+    The names are those on the records (the group's and channel's current name, else the name
+    the record kept once the row is gone; "" when there is none: a request no channel served).
+    """
+
+    hour = models.DateTimeField(help_text="The hour's start (UTC).")
+    group_name = models.CharField(max_length=100, blank=True, default="")
+    model = models.CharField(max_length=200, blank=True, default="")
+    channel_name = models.CharField(max_length=100, blank=True, default="")
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(
+        default=0, help_text="Records neither successful nor still in flight."
+    )
+    pending = models.PositiveIntegerField(
+        default=0, help_text="Records still in flight when the hour was summed."
+    )
+    prompt_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    cache_write_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    cost = models.DecimalField(**MONEY, default=Decimal("0"))
+
+    class Meta:
+        ordering = ["-hour"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["hour", "group_name", "model", "channel_name"],
+                name="billing_usagerollup_unique_hour_keys",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.hour:%Y-%m-%d %H:00} {self.group_name}/{self.model}/{self.channel_name}"
+
+
+class RollupWatermark(models.Model):
+    """One row: every hour before `hour` is summed in UsageRollup and can no longer change
+    (it has ended and none of its records is in flight). None: never built."""
+
+    hour = models.DateTimeField(null=True, blank=True)
+    refreshed = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"rollups final before {self.hour}"

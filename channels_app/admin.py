@@ -1,12 +1,16 @@
-import time
-
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.urls import path
+from django.utils.html import format_html
 from django.utils.text import Truncator
 
 from airouter.admin_display import CSS, badge
-from channels_app import breaker, provisioning
+from billing.pricing import money
+from channels_app import breaker, channel_state, health, provisioning, route_preview
 from channels_app.models import Channel, ModelPrice
+
+SHORT_KIND = {Channel.Kind.OPENAI: "OpenAI", Channel.Kind.ANTHROPIC: "Anthropic", "mock": "Mock"}
+ADMIN_CSS = {"all": [*CSS["all"], "channels_app/admin.css"]}
 
 
 class ChannelForm(forms.ModelForm):
@@ -95,11 +99,41 @@ class LastErrorFilter(admin.SimpleListFilter):
         return queryset
 
 
-STATUS_LEVEL = {
-    Channel.Status.ENABLED: "ok",
-    Channel.Status.DISABLED: "off",
-    Channel.Status.AUTO_DISABLED: "bad",
-}
+class LatencyFilter(admin.SimpleListFilter):
+    """The latency of the last request or probe, in buckets."""
+
+    title = "last latency"
+    parameter_name = "latency"
+
+    def lookups(self, request, model_admin):
+        return (
+            ("fast", "under 1 s"),
+            ("slow", "1 s to 5 s"),
+            ("slowest", "over 5 s"),
+            ("unknown", "unknown"),
+        )
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value == "fast":
+            return queryset.filter(last_latency_ms__lt=1000)
+        if value == "slow":
+            return queryset.filter(last_latency_ms__gte=1000, last_latency_ms__lte=5000)
+        if value == "slowest":
+            return queryset.filter(last_latency_ms__gt=5000)
+        if value == "unknown":
+            return queryset.filter(last_latency_ms__isnull=True)
+        return queryset
+
+
+def probe_message(result: health.ProbeResult, was_auto_disabled: bool) -> str:
+    """One channel's "Test now" outcome in words."""
+    name = result.channel.name
+    if result.ok:
+        again = " (enabled again)" if was_auto_disabled else ""
+        return f"Channel {name}: ok in {result.latency_ms} ms{again}."
+    status = f" (HTTP {result.status})" if result.status is not None else ""
+    return f"Channel {name}: failed after {result.latency_ms} ms{status}: {result.error}"
 
 
 @admin.register(Channel)
@@ -111,14 +145,11 @@ class ChannelAdmin(admin.ModelAdmin):
         "kind_label",
         "group_names",
         "models",
-        "priority",
-        "weight",
-        "input_price",
-        "output_price",
-        "last_latency_ms",
-        "error",
+        "tier",
+        "prices",
+        "latency",
     )
-    list_filter = ("status", "kind", "groups", LastErrorFilter)
+    list_filter = ("status", "kind", "groups", LastErrorFilter, LatencyFilter)
     search_fields = ("name", "model_names", "base_url")
     filter_horizontal = ("groups",)
     readonly_fields = (
@@ -166,10 +197,15 @@ class ChannelAdmin(admin.ModelAdmin):
         ),
     )
     inlines = (ModelPriceInline,)
-    actions = ("enable", "disable")
+    actions = ("test_now", "enable", "disable")
+    change_list_template = "admin/channels_app/channel/change_list.html"
 
     class Media:
-        css = CSS
+        css = ADMIN_CSS
+
+    def get_urls(self):
+        preview = self.admin_site.admin_view(lambda request: route_preview.view(self, request))
+        return [path("route/", preview, name=route_preview.URL_NAME), *super().get_urls()]
 
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("groups")
@@ -178,21 +214,25 @@ class ChannelAdmin(admin.ModelAdmin):
         breaker.refresh(wait=True)  # the breakers as they are now, for the status column
         return super().changelist_view(request, extra_context)
 
-    @admin.display(description="status", ordering="status")
+    @admin.display(description="status / last error", ordering="status")
     def status_badge(self, channel):
-        state = breaker.current().get(channel.pk)
-        if channel.status == Channel.Status.ENABLED and state is not None:
-            now = time.time()
-            status = state.status(now)
-            if status != breaker.CLOSED:
-                text = breaker.describe(state, now, opened="cooling down")
-                return badge(Truncator(text).chars(90), "warn", title=text)
-        level = STATUS_LEVEL.get(channel.status, "off")
-        return badge(channel.get_status_display(), level, title=channel.status_reason)
+        """The state, and under it the last error (wrapped, cut; the whole text in its title)."""
+        state = channel_state.of(channel)
+        shown = badge(Truncator(state.label).chars(90), state.level, title=state.title)
+        if not channel.last_error:
+            return shown
+        return format_html(
+            '{}<span class="airouter-error" title="{}">{}<span class="airouter-error-at">{}</span>'
+            "</span>",
+            shown,
+            channel.last_error,
+            Truncator(channel.last_error).chars(160),
+            channel_state.when(channel.last_error_at),
+        )
 
     @admin.display(description="kind", ordering="kind")
     def kind_label(self, channel):
-        label = channel.get_kind_display()
+        label = SHORT_KIND.get(channel.kind, channel.kind)
         return f"{label} + Responses" if channel.responses_api else label
 
     @admin.display(description="groups")
@@ -203,13 +243,33 @@ class ChannelAdmin(admin.ModelAdmin):
     def models(self, channel):
         return Truncator(", ".join(channel.model_list)).chars(60)
 
-    @admin.display(description="last error")
-    def error(self, channel):
-        return Truncator(channel.last_error).chars(80) if channel.last_error else ""
+    @admin.display(description="priority / weight", ordering="-priority")
+    def tier(self, channel):
+        return f"{channel.priority} / {channel.weight}"
+
+    @admin.display(description="in / out per 1M", ordering="input_price")
+    def prices(self, channel):
+        return f"{money(channel.input_price)} / {money(channel.output_price)}"
+
+    @admin.display(description="latency", ordering="last_latency_ms")
+    def latency(self, channel):
+        ms = channel.last_latency_ms
+        if ms is None:
+            return "-"
+        return f"{ms} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
 
     @admin.display(description="key")
     def key_status(self, channel):
         return "set (encrypted; never shown)" if channel.has_key else "not set"
+
+    @admin.action(description="Test now: probe the selected channels")
+    def test_now(self, request, queryset):
+        """The probe of `manage.py check_channels`, recorded on each channel the same way."""
+        for channel in queryset.order_by("name"):
+            was_auto_disabled = channel.status == Channel.Status.AUTO_DISABLED
+            result = health.probe(channel)
+            level = messages.SUCCESS if result.ok else messages.ERROR
+            self.message_user(request, probe_message(result, was_auto_disabled), level)
 
     @admin.action(description="Enable the selected channels")
     def enable(self, request, queryset):

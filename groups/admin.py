@@ -4,19 +4,22 @@ from django import forms
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.models import Group as PermissionGroup
-from django.db.models import Count, IntegerField, OuterRef, Subquery
+from django.db.models import Count, IntegerField, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
-from django.forms.models import BaseInlineFormSet
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.text import Truncator
 
 from airouter.admin_display import CSS, badge
 from billing.ledger import top_up
 from billing.pricing import money
+from channels_app import channel_state
 from channels_app.models import Channel
+from channels_app.route_preview import url_for as route_preview_url
 from groups.models import LIMIT_FIELDS, Group, User, default_group_id, limits_label
 from groups.provisioning import apply_balance_edit
+from tokens.admin import ROUTED_BY
 from tokens.models import Token
 
 # Routing groups are the only groups here; Django's permission groups are unused.
@@ -56,48 +59,85 @@ def balance_seen(form) -> Decimal:
 
 
 class ChannelMembershipInline(admin.TabularInline):
+    """The group's channels, read-only: each one's state, models, priority, weight, prices."""
+
     model = Channel.groups.through
     extra = 0
     verbose_name = "channel"
-    verbose_name_plural = "channels serving this group"
+    verbose_name_plural = (
+        "channels serving this group (read-only: to add or remove one, edit the channel's "
+        "groups on the channel's page)"
+    )
     classes = ("airouter-memberships",)  # admin.css hides the rows' "Channel_groups object"
+    fields = (
+        "channel_link",
+        "state",
+        "models",
+        "priority",
+        "weight",
+        "input_price",
+        "output_price",
+        "cached_input_price",
+    )
+    readonly_fields = fields
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("channel")
 
-    def formfield_for_foreignkey(self, db_field, request, **kwargs):
-        field = super().formfield_for_foreignkey(db_field, request, **kwargs)
-        if db_field.name == "channel":
-            field.choices = list(field.choices)  # one query for every row's select, not one each
-        return field
-
-
-class NewestTokensFormSet(BaseInlineFormSet):
-    """Only the newest tokens: the default group may route thousands."""
-
-    LIMIT = 50
-
-    def get_queryset(self):
-        if not hasattr(self, "_newest"):  # one query, reused for every row
-            self._newest = super().get_queryset()[: self.LIMIT]
-        return self._newest
-
-
-class TokenInline(admin.TabularInline):
-    model = Token
-    formset = NewestTokensFormSet
-    extra = 0
-    verbose_name_plural = f"tokens routed by this group (newest {NewestTokensFormSet.LIMIT})"
-    fields = ("key_prefix", "name", "owner", "status", "spent", "spend_limit", "expires_at")
-    readonly_fields = fields
-    show_change_link = True
-    can_delete = False
-
     def has_add_permission(self, request, obj=None):
         return False
 
-    def get_queryset(self, request):
-        return super().get_queryset(request).select_related("owner")
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="channel")
+    def channel_link(self, membership):
+        url = reverse("admin:channels_app_channel_change", args=[membership.channel_id])
+        return format_html('<a href="{}">{}</a>', url, membership.channel.name)
+
+    @admin.display(description="status")
+    def state(self, membership):
+        state = channel_state.of(membership.channel)
+        return badge(Truncator(state.label).chars(60), state.level, title=state.title)
+
+    @admin.display(description="models")
+    def models(self, membership):
+        return ", ".join(membership.channel.model_list)
+
+    @admin.display(description="priority")
+    def priority(self, membership):
+        return membership.channel.priority
+
+    @admin.display(description="weight")
+    def weight(self, membership):
+        return membership.channel.weight
+
+    @admin.display(description="input / 1M")
+    def input_price(self, membership):
+        return money(membership.channel.input_price)
+
+    @admin.display(description="output / 1M")
+    def output_price(self, membership):
+        return money(membership.channel.output_price)
+
+    @admin.display(description="cached input / 1M")
+    def cached_input_price(self, membership):
+        price = membership.channel.cached_input_price
+        return "= input" if price is None else money(price)
+
+
+TOKENS_SHOWN = 50  # the newest: the default group may route thousands
+
+
+def routed_tokens(group: Group):
+    """Tokens that route by this group: those that name it, and those without a group whose
+    owner's default group it is (an auto token names no group and routes by auto)."""
+    return Token.objects.filter(
+        Q(group=group) | Q(group__isnull=True, auto=False, owner__group=group)
+    )
 
 
 @admin.register(Group)
@@ -129,11 +169,30 @@ class GroupAdmin(admin.ModelAdmin):
             },
         ),
     )
-    readonly_fields = ("all_tokens",)
-    inlines = (ChannelMembershipInline, TokenInline)
+    readonly_fields = ("all_tokens", "route_preview")
+    inlines = (ChannelMembershipInline,)
+    change_form_template = "admin/groups/group/change_form.html"
 
     class Media:
-        css = CSS
+        css = {"all": [*CSS["all"], "channels_app/admin.css"]}
+
+    def get_fieldsets(self, request, obj=None):
+        if obj is None:
+            return self.fieldsets
+        name, options = self.fieldsets[2]
+        routing = (name, {**options, "fields": (*options["fields"], "route_preview")})
+        return (*self.fieldsets[:2], routing, *self.fieldsets[3:])
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        group = self.get_object(request, object_id)
+        if group is not None:
+            tokens = routed_tokens(group).select_related("owner").order_by("-created")
+            extra_context = {
+                **(extra_context or {}),
+                "routed_tokens": list(tokens[:TOKENS_SHOWN]),
+                "routed_tokens_shown": TOKENS_SHOWN,
+            }
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def get_queryset(self, request):
         return (
@@ -150,12 +209,23 @@ class GroupAdmin(admin.ModelAdmin):
     def all_tokens(self, group):
         if group.pk is None:
             return "-"
-        url = reverse("admin:tokens_token_changelist") + f"?group__id__exact={group.pk}"
+        tokens = reverse("admin:tokens_token_changelist")
+        by_default = routed_tokens(group).filter(group__isnull=True).count()
         return format_html(
-            '<a href="{}">All {} tokens that name {}</a> (tokens without a group route by their '
-            "owner's default group)",
-            url,
+            '<a href="{}">All {} tokens that name {}</a>; <a href="{}">{} more route by it as '
+            "their owner's default group</a> (they name no group)",
+            f"{tokens}?group__id__exact={group.pk}",
             group.num_tokens,
+            group,
+            f"{tokens}?{ROUTED_BY}={group.pk}",
+            by_default,
+        )
+
+    @admin.display(description="routing preview")
+    def route_preview(self, group):
+        return format_html(
+            '<a href="{}">Preview how a token of {} routes</a>',
+            route_preview_url(group=group),
             group,
         )
 
@@ -238,6 +308,15 @@ class UserAdmin(DjangoUserAdmin):
     )
     actions = ("top_up_balance",)
     add_form_template = "admin/groups/user/add_form.html"  # breadcrumbs: User Management
+    change_list_template = "admin/groups/user/change_list_counts.html"
+
+    def changelist_view(self, request, extra_context=None):
+        """ "12 API users · 2 staff" above the list, each a link to its filter."""
+        counts = User.objects.aggregate(
+            api=Count("pk", filter=Q(is_staff=False)), staff=Count("pk", filter=Q(is_staff=True))
+        )
+        extra_context = {**(extra_context or {}), "user_counts": counts}
+        return super().changelist_view(request, extra_context)
 
     @admin.display(description="balance", ordering="balance")
     def balance_display(self, user):

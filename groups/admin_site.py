@@ -3,6 +3,9 @@
 The User model lives in the `groups` app (verbose name "System Settings") because it carries the
 default group; operators look for it under "User Management", so the index and the side bar move
 it into a section of its own. Installed through `AdminConfig` in INSTALLED_APPS.
+
+The index is the operator's dashboard (billing/dashboard.py: usage of the last 24 hours and 30
+days read from the hourly rollups, and the channels needing attention), the app list below it.
 """
 
 from django.contrib import admin
@@ -15,6 +18,13 @@ class AIRouterAdminSite(admin.AdminSite):
     site_header = "AI Router"
     site_title = "AI Router admin"
     index_title = "Operations"
+    index_template = "admin/airouter_index.html"
+
+    def index(self, request, extra_context=None):
+        from billing import dashboard  # the admin site loads before the apps' models
+
+        context = {"dashboard": dashboard.build(request.user), **(extra_context or {})}
+        return super().index(request, context)
 
     def get_app_list(self, request, app_label=None):
         app_list = super().get_app_list(request, app_label)

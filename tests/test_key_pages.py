@@ -1,6 +1,7 @@
 """The self-service pages: /login/, /logout/, /keys/ (create, show once, revoke) and /usage/."""
 
 import html
+import json
 import re
 from datetime import timedelta
 from decimal import Decimal
@@ -12,6 +13,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils.timezone import now
 
 from billing.models import UsageRecord
+from channels_app import breaker
+from channels_app.models import Channel
 from tests.factories import make_channel, make_group, make_token, make_user
 from tokens.models import Token, hash_key
 
@@ -119,11 +122,11 @@ def test_it_shows_balance_default_group_and_only_own_tokens(alice_client, alice,
     response = alice_client.get("/keys/")
     body = response.content.decode()
     assert response.status_code == 200
-    assert "<dd>12.500000</dd>" in body
+    assert "<dd>12.5</dd>" in body
     assert "<dd>default</dd>" in body
     assert "alice-pro" in body and "alice-auto" in body
     assert "bob-secret" not in body and bobs.key_prefix not in body
-    assert "0.000000 / 3.000000" in body
+    assert "0 / 3" in body
     assert "no limit" in body
 
 
@@ -140,13 +143,13 @@ def test_the_keys_page_query_count_stays_flat(alice_client, alice, groups):
     assert len(five_tokens.captured_queries) == len(one_token.captured_queries)
 
 
-def test_the_group_select_offers_exactly_the_usable_groups_and_auto(alice_client, groups):
+def test_the_group_select_offers_exactly_the_usable_groups_and_auto(alice_client, channels):
     response = alice_client.get("/keys/")
     assert sorted(group_options(response)) == ["auto", "default", "pro"]
     assert selected_group(response) == "default"
 
 
-def test_the_group_select_defaults_to_the_users_own_group(client, groups):
+def test_the_group_select_defaults_to_the_users_own_group(client, groups, channels):
     vip_user = make_user("vera", group=groups["vip"])
     client.force_login(vip_user)
     response = client.get("/keys/")
@@ -183,7 +186,7 @@ def test_it_creates_a_key_in_a_group_and_shows_it_once(alice_client, alice, chan
     assert token.key_prefix in later
 
 
-def test_a_reloaded_create_post_makes_no_second_key_and_shows_none(alice_client, alice, groups):
+def test_a_reloaded_create_post_makes_no_second_key_and_shows_none(alice_client, alice, channels):
     response, data = create(alice_client, name="once", group="pro")
     key = KEY_RE.search(response.content.decode()).group(0)
 
@@ -253,14 +256,14 @@ def test_it_refuses_a_forged_group_with_a_form_error(alice_client, alice, groups
     ],
 )
 def test_it_refuses_bad_limits_with_a_form_error(
-    alice_client, alice, groups, field, value, message
+    alice_client, alice, channels, field, value, message
 ):
     response, _ = create(alice_client, group="pro", **{field: value})
     assert message in response.content.decode()
     assert not Token.objects.filter(owner=alice).exists()
 
 
-def test_a_form_with_errors_can_be_corrected_and_submitted(alice_client, alice, groups):
+def test_a_form_with_errors_can_be_corrected_and_submitted(alice_client, alice, channels):
     response, data = create(
         alice_client, name="kept", group="pro", spend_limit="-1", expires_at="2099-01-02T03:04"
     )
@@ -380,9 +383,9 @@ def test_usage_shows_own_records_and_totals_per_day(alice_client, alice, bob, ch
     rows = re.findall(r"<tr>\s*<th scope=\"row\">.*?</tr>", daily, re.S)
     assert len(rows) == 2  # today and 3 days ago; 45 days ago is outside the window
     today = re.findall(r'<td class="num">([^<]+)</td>', rows[0])
-    assert today == ["2", "200", "40", "0.003000"]
+    assert today == ["2", "200", "40", "0.003"]
     earlier = re.findall(r'<td class="num">([^<]+)</td>', rows[1])
-    assert earlier == ["1", "7", "20", "0.001000"]
+    assert earlier == ["1", "7", "20", "0.001"]
     assert (now() - timedelta(days=3)).strftime("%Y-%m-%d") in rows[1]
 
 
@@ -412,3 +415,147 @@ def test_usage_without_records_says_so(alice_client):
     body = alice_client.get("/usage/").content.decode()
     assert "No usage in the last 30 days." in body
     assert "No requests yet." in body
+
+
+# --- the group guide beside the picker ------------------------------------------------------
+
+
+def group_card(body: str, name: str) -> str:
+    found = re.search(rf'<li class="group-card" data-group="{name}">.*?</li>', body, re.S)
+    return found.group(0) if found else ""
+
+
+def test_the_picker_shows_each_groups_description_multiplier_and_models(
+    alice_client, alice, groups, channels
+):
+    make_group("pro", description="Fast models, billed at half again.", multiplier="1.5")
+    make_group("default", description="Every user starts here.", user_selectable=False)
+    body = alice_client.get("/keys/").content.decode()
+
+    pro = group_card(body, "pro")
+    assert "Fast models, billed at half again." in pro
+    assert "×1.5" in pro
+    assert re.findall(r"<code>([^<]+)</code>", pro) == ["gpt-4o", "gpt-4o-mini"]
+    default = group_card(body, "default")
+    assert "×1" in default and "your default" in default
+    assert re.findall(r"<code>([^<]+)</code>", default) == ["small-model"]
+    assert "pricing TBD" in default and "pricing TBD" not in pro  # pro's pricing is confirmed
+    # vip is not alice's to use: neither offered nor described.
+    assert not group_card(body, "vip") and "o3-secret" not in body
+    assert 'href="/pricing/"' in body
+
+
+def test_a_selectable_group_serving_nothing_is_not_offered(alice_client, alice, groups, channels):
+    make_group("empty", user_selectable=True)  # no channel at all
+    idle = make_group("idle", user_selectable=True)
+    make_channel("ch-off", groups=[idle], model_names="gpt-4o", status="disabled")
+
+    response = alice_client.get("/keys/")
+    body = response.content.decode()
+    assert sorted(group_options(response)) == ["auto", "default", "pro"]
+    assert not group_card(body, "empty") and not group_card(body, "idle")
+    assert "Not offered, as they serve no model yet: empty, idle." in body
+
+    refused, _ = create(alice_client, group="idle")
+    assert "Select a valid choice" in refused.content.decode()
+    assert not Token.objects.filter(owner=alice).exists()
+
+
+def test_the_users_own_group_stays_offered_and_says_it_serves_nothing(alice_client, groups):
+    # alice's own group (default) has no channel here: her keys route there anyway.
+    response = alice_client.get("/keys/")
+    assert sorted(group_options(response)) == ["auto", "default"]
+    assert selected_group(response) == "default"
+    assert "Serves no model yet" in group_card(response.content.decode(), "default")
+
+
+def test_the_auto_choice_says_which_groups_it_tries(alice_client, groups, channels):
+    make_group("default", auto_priority=None, user_selectable=False)
+    body = alice_client.get("/keys/").content.decode()
+    assert "No group is open to auto yet" in group_card(body, "auto")
+
+    make_group("default", auto_priority=100, user_selectable=False)
+    make_group("pro", auto_priority=1)
+    make_group("vip", auto_priority=2, user_selectable=False)  # not alice's to use
+    auto = group_card(alice_client.get("/keys/").content.decode(), "auto")
+    assert re.sub(r"<[^>]+>", "", auto).split("Tries ")[1].startswith("pro, then default:")
+
+
+# --- the one-time key's quick check ---------------------------------------------------------
+
+
+@pytest.fixture
+def no_breakers(settings):
+    settings.REDIS_URL = ""
+    settings.CHANNEL_FAILURE_THRESHOLD = 1
+    breaker.reset()
+    yield
+    breaker.reset()
+
+
+def curl_body(body: str) -> dict | None:
+    """The JSON the quick check's curl posts, as the page shows it."""
+    found = re.search(r"-d '(\{.*?\})'</code>", html.unescape(body), re.S)
+    return json.loads(found.group(1)) if found else None
+
+
+def test_the_quick_check_uses_a_chat_model_of_a_working_channel(alice_client, alice, no_breakers):
+    """The issue's case: the alphabetically first model was served only by a failing channel,
+    or was an embedding model. The check skips both, and answers."""
+    pro = make_group("pro", pricing_confirmed=True)
+    make_channel(
+        "ch-disabled", groups=[pro], model_names="aaa-model", status="disabled", priority=9
+    )
+    failing = make_channel("ch-failing", groups=[pro], model_names="bbb-model", priority=8)
+    breaker.record(failing.pk, Channel.Outcome.FAILURE, "HTTP 500")  # its breaker opens
+    make_channel(
+        "ch-mock",
+        groups=[pro],
+        kind="mock",
+        model_names="aaa-embedding, text-embed-small, mock-chat",
+        priority=1,
+    )
+
+    response, _ = create(alice_client, name="check", group="pro")
+    page = response.content.decode()
+    key = KEY_RE.search(page).group(0)
+    body = curl_body(page)
+    assert body["model"] == "mock-chat"
+    assert '<code id="check-model">mock-chat</code>' in page
+
+    # The curl answers: the same request, posted as the page shows it.
+    answer = Client().post(
+        "/v1/chat/completions",
+        json.dumps(body),
+        content_type="application/json",
+        headers={"authorization": f"Bearer {key}"},
+    )
+    assert answer.status_code == 200, answer.content
+    assert answer.json()["choices"][0]["message"]["content"] == "Mock answer to: Say hello"
+    assert answer["x-airouter-channel"] == "ch-mock"
+
+
+def test_the_quick_check_prefers_the_channel_routing_tries_first(alice_client, alice):
+    pro = make_group("pro")
+    make_channel("ch-low", groups=[pro], kind="mock", model_names="alpha-chat", priority=1)
+    make_channel("ch-high", groups=[pro], kind="mock", model_names="zeta-chat", priority=5)
+    response, _ = create(alice_client, group="pro")
+    assert curl_body(response.content.decode())["model"] == "zeta-chat"
+
+
+def test_the_quick_check_keeps_to_the_keys_allowed_models(alice_client, alice):
+    pro = make_group("pro")
+    make_channel("ch-mock", groups=[pro], kind="mock", model_names="alpha-chat, beta-chat")
+    response, _ = create(alice_client, group="pro", allowed_models="beta-chat")
+    assert curl_body(response.content.decode())["model"] == "beta-chat"
+
+
+def test_without_a_working_chat_model_the_page_says_so_instead_of_a_curl(alice_client, alice):
+    pro = make_group("pro")
+    make_channel("ch-embed", groups=[pro], kind="mock", model_names="text-embedding-3-small")
+    response, _ = create(alice_client, name="embed-only", group="pro")
+    page = response.content.decode()
+    assert KEY_RE.search(page)  # the key is made and shown
+    assert curl_body(page) is None and 'id="curl"' not in page
+    assert "No quick check yet" in page
+    assert "<li><code>text-embedding-3-small</code></li>" in page  # still listed as reachable

@@ -10,6 +10,7 @@ from django.utils.html import format_html
 
 from airouter.admin_display import CSS, badge
 from billing.pricing import money
+from channels_app.route_preview import url_for as route_preview_url
 from groups.models import AUTO, LIMIT_FIELDS, Group, limits_label
 from tokens import form_once, issuing
 from tokens.models import Token
@@ -135,6 +136,28 @@ class TokenStateFilter(admin.SimpleListFilter):
         return queryset
 
 
+ROUTED_BY = "routed_by"
+
+
+class RoutedByGroupFilter(admin.SimpleListFilter):
+    """Tokens that route by a group: those that name it, and those that name no group whose
+    owner's default group it is (the group page links here)."""
+
+    title = "routed by group"
+    parameter_name = ROUTED_BY
+
+    def lookups(self, request, model_admin):
+        return [(str(pk), name) for pk, name in Group.objects.values_list("pk", "name")]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value or not value.isdigit():
+            return queryset
+        return queryset.filter(
+            Q(group_id=value) | Q(group__isnull=True, auto=False, owner__group_id=value)
+        )
+
+
 @admin.register(Token)
 class TokenAdmin(admin.ModelAdmin):
     form = TokenForm
@@ -151,11 +174,11 @@ class TokenAdmin(admin.ModelAdmin):
         "last_used_at",
         "created",
     )
-    list_filter = (TokenStateFilter, "auto", "group")
+    list_filter = (TokenStateFilter, "auto", "group", RoutedByGroupFilter)
     list_select_related = ("owner__group", "group")
     search_fields = ("key_prefix", "name", "owner__username")
     autocomplete_fields = ("owner",)  # search users by name, not by numeric id
-    readonly_fields = ("prefix", "spent", "last_used_at", "created")
+    readonly_fields = ("prefix", "spent", "last_used_at", "created", "route_preview")
     actions = ("revoke",)
 
     class Media:
@@ -174,7 +197,7 @@ class TokenAdmin(admin.ModelAdmin):
                 ("Limits", {"fields": limits}),
             )
         return (
-            (None, {"fields": ("prefix", "owner", "name", "route", "status")}),
+            (None, {"fields": ("prefix", "owner", "name", "route", "route_preview", "status")}),
             ("Limits", {"fields": limits}),
             ("Use", {"fields": ("spent", "last_used_at", "created")}),
         )
@@ -232,6 +255,13 @@ class TokenAdmin(admin.ModelAdmin):
     @admin.display(description="key", ordering="key_prefix")
     def prefix(self, token):
         return format_html("<code>{}...</code>", token.key_prefix)
+
+    @admin.display(description="routing preview")
+    def route_preview(self, token):
+        return format_html(
+            '<a href="{}">Preview where this token\'s requests go</a>',
+            route_preview_url(token=token),
+        )
 
     @admin.display(description="group")
     def routing(self, token):

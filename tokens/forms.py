@@ -1,10 +1,12 @@
-"""The key page's create form: the group is a choice among the owner's usable groups or auto;
-optional limits: spend, expiry, models, and rate limits on top of the account's own."""
+"""The key page's create form: the group is a choice among the owner's usable groups that serve
+a model (their own group always: their keys route there anyway) or auto; optional limits:
+spend, expiry, models, and rate limits on top of the account's own."""
 
 from django import forms
 from django.utils.timezone import now
 
 from airouter.lists import split_list
+from channels_app.price_list import group_offers
 from groups.models import AUTO, MONEY
 
 LIMIT_MAX = 2**31 - 1  # what the database column holds
@@ -52,7 +54,11 @@ class CreateTokenForm(forms.Form):
 
     def __init__(self, *args, owner, **kwargs):
         super().__init__(*args, **kwargs)
-        names = list(owner.usable_groups().values_list("name", flat=True))
+        # What each group serves and costs: the page shows it beside the picker.
+        offers = group_offers(owner)
+        self.offers = [offer for offer in offers if offer.offered]
+        self.not_offered = [offer.name for offer in offers if not offer.offered]
+        names = [offer.name for offer in self.offers]
         self.fields["group"].choices = [(name, name) for name in names] + [(AUTO, AUTO)]
         self.fields["group"].initial = owner.group.name if owner.group.name in names else AUTO
 

@@ -7,12 +7,14 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
+from channels_app.price_list import auto_route
 from channels_app.routing import reachable_models
 from groups.models import limits_label
 from tokens import form_once
 from tokens.forms import CreateTokenForm
 from tokens.issuing import create_token, revoke
 from tokens.models import Token
+from tokens.quick_check import quick_check_model
 
 
 def _keys_page(request, form):
@@ -26,6 +28,9 @@ def _keys_page(request, form):
         "tokens": tokens,
         "default_group": request.user.group,
         "account_limits": limits_label(request.user.rate_limits()),
+        "offers": form.offers,
+        "not_offered": form.not_offered,
+        "auto_route": auto_route(request.user),
     }
     return render(request, "pages/keys.html", context)
 
@@ -62,13 +67,12 @@ def keys(request):
         return _keys_page(request, form)
 
     # Rendered in the POST response, never stored: the key exists only in this page.
-    models = reachable_models(token)
     context = {
         "token": token,
         "key": key,
         "base_url": request.build_absolute_uri("/v1"),
-        "models": models,
-        "example_model": models[0] if models else "MODEL",
+        "models": reachable_models(token),
+        "example_model": quick_check_model(token),
     }
     return render(request, "pages/key_created.html", context)
 
