@@ -1,7 +1,8 @@
 """The README's group guide, walked in the admin in Chromium at 1400 px against the demo that
 `make run` seeds (issue 10): create a group, tag the demo `mock` channel with it, create a token
 routed by it, preview the token's route, send a request through the mock channel with the
-openai SDK, and find that request on the dashboard and in the usage list. No provider key.
+openai SDK, find that request on the dashboard and in the usage list, and count the API users
+apart from the staff. No provider key.
 Screenshots: test-results/browser/<test>/."""
 
 import re
@@ -13,6 +14,7 @@ from playwright.sync_api import expect
 from billing.models import UsageRecord
 from channels_app import demo
 from groups.models import User
+from tests.factories import make_user
 from tokens.models import Token
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -108,3 +110,14 @@ def test_the_group_guide_through_the_mock_channel(page, shots, live_server):
         box = rows.first.locator(f"td.field-{column}").bounding_box()
         assert box["x"] + box["width"] <= width, (column, box)
     shots(page, "usage-list")
+
+    # The Users list counts the API users apart from the staff.
+    make_user("carol")
+    page.goto("/admin/groups/user/")
+    expect(page.locator(".airouter-user-counts")).to_have_text(
+        re.compile(r"1 API user\s+· 1 staff")
+    )
+    page.get_by_role("link", name="1 API user").click()
+    expect(page.locator("#result_list tbody tr")).to_have_count(1)
+    expect(page.locator("#result_list")).to_contain_text("carol")
+    shots(page, "users-api")

@@ -76,5 +76,7 @@ class Command(BaseCommand):
             )
         )
         self.stdout.write(f"  {seeded.key}")
-        self.stdout.write("Try it, then see Billing > Usage records in the admin:")
+        self.stdout.write(
+            "Try it, then see it on the admin's dashboard (/admin/) and in Billing > Usage records:"
+        )
         self.stdout.write(seeded.curl(options["base_url"]))
