@@ -50,12 +50,21 @@ class TextInputFilter(admin.SimpleListFilter):
         }
 
 
+def checked_text(value: str) -> str:
+    """A typed filter value, refused when no text column can hold it (PostgreSQL rejects NUL)."""
+    if "\x00" in value:
+        raise IncorrectLookupParameters("A filter value cannot contain a NUL character.")
+    return value
+
+
 class RequestedModelFilter(TextInputFilter):
     title = "requested model"
     parameter_name = "model"
 
     def queryset(self, request, queryset):
-        return queryset.filter(requested_model=self.value()) if self.value() else queryset
+        if not self.value():
+            return queryset
+        return queryset.filter(requested_model=checked_text(self.value()))
 
 
 class UsernameFilter(TextInputFilter):
@@ -65,10 +74,9 @@ class UsernameFilter(TextInputFilter):
     def queryset(self, request, queryset):
         if not self.value():
             return queryset
+        name = checked_text(self.value())
         # The user's records, and those of a deleted user of that name.
-        return queryset.filter(
-            Q(user__username=self.value()) | Q(user__isnull=True, username=self.value())
-        )
+        return queryset.filter(Q(user__username=name) | Q(user__isnull=True, username=name))
 
 
 def relay_endpoints() -> list[str]:
@@ -88,7 +96,11 @@ class EndpointFilter(admin.SimpleListFilter):
         return [(endpoint, endpoint) for endpoint in relay_endpoints()]
 
     def queryset(self, request, queryset):
-        return queryset.filter(endpoint=self.value()) if self.value() else queryset
+        if not self.value():
+            return queryset
+        if self.value() not in relay_endpoints():
+            raise IncorrectLookupParameters(f"No endpoint {self.value()!r}.")
+        return queryset.filter(endpoint=self.value())
 
 
 def _label(related, kept_name: str) -> str:

@@ -5,11 +5,13 @@ rollups (billing/rollups.py), and the channels needing attention.
 only the rollup table: a handful of aggregate queries over at most 720 hours of rows.
 """
 
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from django.db import DatabaseError
 from django.db.models import Q, Sum
 from django.urls import reverse
 from django.utils import timezone
@@ -18,6 +20,8 @@ from billing import chart, rollups
 from billing.models import UsageRollup
 from channels_app import breaker
 from channels_app.models import Channel
+
+logger = logging.getLogger(__name__)
 
 TOP = 8  # rows shown per dimension
 DIMENSIONS = (
@@ -117,8 +121,13 @@ def _sums():
 
 def build(user, now: datetime | None = None) -> Dashboard:
     now = now or timezone.now()
-    done = rollups.refresh(floor=now - rollups.RECENT)
+    try:
+        done = rollups.refresh(floor=now - rollups.RECENT)
+    except DatabaseError:  # a write lock held too long (SQLite under load): show what is summed
+        logger.warning("Dashboard: the recent rollups could not be refreshed.", exc_info=True)
+        done = None
     money = user.has_perm("billing.view_usagerecord")
+    may_see_channels = user.has_perm("channels_app.view_channel")
     notes = _notes(done, now)
 
     current = rollups.hour_of(now)
@@ -149,11 +158,15 @@ def build(user, now: datetime | None = None) -> Dashboard:
                 key=key,
                 title=title,
                 totals=totals,
-                tables=[_table(start, dim, money) for dim in DIMENSIONS],
+                tables=[
+                    _table(start, dim, money)
+                    for dim in DIMENSIONS
+                    if dim[0] != "channel" or may_see_channels
+                ],
                 chart=chart.svg(series, labels=labels, money=money, title=title),
             )
         )
-    attention = _attention() if user.has_perm("channels_app.view_channel") else None
+    attention = _attention() if may_see_channels else None
     return Dashboard(
         money=money,
         windows=windows,
@@ -198,8 +211,14 @@ def _table(start: datetime, dim: tuple[str, str, str], money: bool) -> Table:
     return Table(key, title, shown, len(found) - len(shown))
 
 
-def _notes(done: rollups.Refreshed, now: datetime) -> list[str]:
-    """What the figures leave out: hours the dashboard does not sum itself (cron's job)."""
+def _notes(done: rollups.Refreshed | None, now: datetime) -> list[str]:
+    """What the figures leave out: hours the dashboard does not sum itself (cron's job), or
+    every recent hour when this page could not refresh them (done is None)."""
+    if done is None:
+        return [
+            "The last hours could not be brought up to date just now (the database was busy): "
+            "the figures are those summed before. Reload in a moment."
+        ]
     floor = rollups.hour_of(now - rollups.RECENT)
     if done.watermark is None:
         return [

@@ -11,6 +11,7 @@ from django.utils.timezone import now
 
 from billing.models import UsageRecord
 from billing.pricing import money
+from billing.reports import as_money, money_sum
 
 RECENT_ROWS = 50
 DAYS = 30
@@ -23,18 +24,21 @@ def recent_usage(user, limit: int = RECENT_ROWS):
 def daily_totals(user, days: int = DAYS) -> list[dict]:
     """Requests, tokens and cost per UTC day over the last `days` days, newest day first."""
     since = (now() - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    return list(
-        UsageRecord.objects.filter(user=user, created__gte=since)
-        .annotate(day=TruncDate("created"))
+    records = UsageRecord.objects.filter(user=user, created__gte=since)
+    days = list(
+        records.annotate(day=TruncDate("created"))
         .values("day")
         .annotate(
             requests=Count("id"),
             prompt_tokens=Sum("prompt_tokens"),
             completion_tokens=Sum("completion_tokens"),
-            cost=Sum("cost"),
+            cost=money_sum("cost", records),
         )
         .order_by("-day")
     )
+    for day in days:
+        day["cost"] = as_money(day["cost"])
+    return days
 
 
 # The daily spend chart: an SVG drawn on the server (no script, no library). Geometry only is

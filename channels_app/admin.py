@@ -11,6 +11,7 @@ from channels_app.models import Channel, ModelPrice
 
 SHORT_KIND = {Channel.Kind.OPENAI: "OpenAI", Channel.Kind.ANTHROPIC: "Anthropic", "mock": "Mock"}
 ADMIN_CSS = {"all": [*CSS["all"], "channels_app/admin.css"]}
+TEST_NOW_MAX = 10
 
 
 class ChannelForm(forms.ModelForm):
@@ -262,21 +263,30 @@ class ChannelAdmin(admin.ModelAdmin):
     def key_status(self, channel):
         return "set (encrypted; never shown)" if channel.has_key else "not set"
 
-    @admin.action(description="Test now: probe the selected channels")
+    @admin.action(description="Test now: probe the selected channels", permissions=["change"])
     def test_now(self, request, queryset):
-        """The probe of `manage.py check_channels`, recorded on each channel the same way."""
+        """The probe of `manage.py check_channels`, recorded on each channel the same way. The
+        probes run one after another inside the request: at most TEST_NOW_MAX of them."""
+        if queryset.count() > TEST_NOW_MAX:
+            self.message_user(
+                request,
+                f"Test now probes at most {TEST_NOW_MAX} channels at once (each may take up to "
+                "its timeout); select fewer, or run `manage.py check_channels`.",
+                messages.ERROR,
+            )
+            return
         for channel in queryset.order_by("name"):
             was_auto_disabled = channel.status == Channel.Status.AUTO_DISABLED
             result = health.probe(channel)
             level = messages.SUCCESS if result.ok else messages.ERROR
             self.message_user(request, probe_message(result, was_auto_disabled), level)
 
-    @admin.action(description="Enable the selected channels")
+    @admin.action(description="Enable the selected channels", permissions=["change"])
     def enable(self, request, queryset):
         count = provisioning.enable(queryset)
         self.message_user(request, f"Enabled {count} channel(s).")
 
-    @admin.action(description="Disable the selected channels")
+    @admin.action(description="Disable the selected channels", permissions=["change"])
     def disable(self, request, queryset):
         count = provisioning.disable(queryset)
         self.message_user(request, f"Disabled {count} channel(s).")

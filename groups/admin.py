@@ -342,7 +342,7 @@ class UserAdmin(DjangoUserAdmin):
         if "balance" in form.changed_data:
             apply_balance_edit(obj.pk, balance_seen(form), form.cleaned_data["balance"])
 
-    @admin.action(description="Top up the balance of the selected users")
+    @admin.action(description="Top up the balance of the selected users", permissions=["change"])
     def top_up_balance(self, request, queryset):
         form = TopUpForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():

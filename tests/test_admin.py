@@ -5,6 +5,7 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.admin.models import LogEntry
+from django.contrib.auth.models import Permission
 from django.db import connection
 from django.db.models import F
 from django.test.utils import CaptureQueriesContext
@@ -620,6 +621,37 @@ def test_top_up_action_asks_the_amount_then_adds_it(admin_client, alice, bob):
     assert alice.balance == bob.balance == Decimal("107.5")
     history = LogEntry.objects.filter(object_id=str(alice.pk)).get()
     assert history.get_change_message() == "Topped up the balance by 7.5."
+
+
+def test_view_only_staff_cannot_run_the_actions_that_change_things(client, alice):
+    """Top up, revoke, enable, disable and Test now need the change permission: a clerk who
+    may only view users, tokens and channels is not offered them, and posting one changes
+    nothing."""
+    clerk = make_user("clerk", is_staff=True)
+    clerk.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_user", "view_token", "view_channel"])
+    )
+    client.force_login(clerk)
+    token, _ = make_token(alice)
+    channel = make_channel("ch-live")
+    posts = [
+        ("groups_user", {"action": "top_up_balance", "apply": "1", "amount": "1000"}, alice),
+        ("tokens_token", {"action": "revoke"}, token),
+        ("channels_app_channel", {"action": "disable"}, channel),
+        ("channels_app_channel", {"action": "test_now"}, channel),
+    ]
+    for model, data, obj in posts:
+        url = reverse(f"admin:{model}_changelist")
+        page = client.get(url).content.decode()
+        assert f'value="{data["action"]}"' not in page  # not offered
+        response = client.post(url, {**data, "_selected_action": [obj.pk]}, follow=True)
+        assert response.status_code == 200  # the list again, nothing run
+    alice.refresh_from_db()
+    token.refresh_from_db()
+    channel.refresh_from_db()
+    assert alice.balance == Decimal("100")
+    assert token.status == Token.Status.ACTIVE
+    assert channel.status == Channel.Status.ENABLED and channel.last_checked is None
 
 
 # --- usage records --------------------------------------------------------------------------

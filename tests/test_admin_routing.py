@@ -12,6 +12,7 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from channels_app import breaker
+from channels_app.admin import TEST_NOW_MAX
 from channels_app.models import Channel
 from channels_app.provisioning import MOCK_BASE_URL
 from tests.factories import make_channel, make_group, make_token, make_user
@@ -179,6 +180,20 @@ def test_test_now_probes_a_mock_channel_and_says_ok_in_ms(admin_client):
     assert mock.last_checked is not None and mock.last_error == ""
 
 
+def test_test_now_refuses_more_channels_than_it_probes_at_once(admin_client):
+    mocks = [
+        make_channel(f"m{i:02d}", kind=Channel.Kind.MOCK, base_url=MOCK_BASE_URL, key="")
+        for i in range(TEST_NOW_MAX + 1)
+    ]
+    response = admin_client.post(
+        reverse(CHANNELS),
+        {"action": "test_now", "_selected_action": [m.pk for m in mocks]},
+        follow=True,
+    )
+    assert f"Test now probes at most {TEST_NOW_MAX} channels" in response.content.decode()
+    assert not Channel.objects.filter(last_checked__isnull=False).exists()  # none probed
+
+
 def test_test_now_reports_a_failure_and_the_list_shows_it_failing(
     admin_client, fake_upstream_factory
 ):
@@ -316,6 +331,10 @@ def test_group_page_lists_tokens_routed_by_default_group_too(admin_client):
     ).content.decode()
     assert naming.key_prefix in tokens and by_default.key_prefix in tokens
     assert elsewhere.key_prefix not in tokens and auto.key_prefix not in tokens
+
+    for junk in ("\u00b2", "9" * 30, "pro"):  # a digit that is not 0-9, an overflow, a name
+        response = admin_client.get(reverse("admin:tokens_token_changelist"), {"routed_by": junk})
+        assert response.status_code == 302 and response["Location"].endswith("?e=1")
 
 
 # --- users ---------------------------------------------------------------------------------

@@ -269,6 +269,7 @@ def test_staff_without_the_usage_permission_see_no_money(client, admin_client):
     assert "spend 0.5" not in html  # nor in the chart's tooltips
     assert 'class="spend-line"' not in html
     assert "Channels needing attention" not in html  # nor the channels
+    assert 'id="dash-day-channel"' not in html and 'id="dash-day-group"' in html
     staff.user_permissions.add(
         Permission.objects.get(codename="view_usagerecord"),
         Permission.objects.get(codename="view_channel"),
@@ -278,6 +279,7 @@ def test_staff_without_the_usage_permission_see_no_money(client, admin_client):
     html = client.get(INDEX).content.decode()
     assert figure(html, "day", "spend") == "0.5"
     assert "Channels needing attention" in html
+    assert 'id="dash-day-channel"' in html
     assert figure(admin_client.get(INDEX).content.decode(), "day", "spend") == "0.5"
 
 

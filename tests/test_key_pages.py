@@ -389,6 +389,29 @@ def test_usage_shows_own_records_and_totals_per_day(alice_client, alice, bob, ch
     assert (now() - timedelta(days=3)).strftime("%Y-%m-%d") in rows[1]
 
 
+def test_usage_sums_a_day_exactly(alice_client, alice, channels, groups):
+    """50,000 requests at 0.0000170001 cost 0.850005 (SQLite keeps floats: its own sum is
+    0.850005000001024)."""
+    token, _ = make_token(alice, "pro")
+    UsageRecord.objects.bulk_create(
+        UsageRecord(
+            request_id=f"bulk-{i}",
+            user=alice,
+            token=token,
+            group=groups["pro"],
+            channel=channels["pro"],
+            requested_model="gpt-4o",
+            cost=Decimal("0.0000170001"),
+            created=now(),
+        )
+        for i in range(50_000)
+    )
+    body = alice_client.get("/usage/").content.decode()
+    daily = re.search(r'<table id="daily">.*?</table>', body, re.S).group(0)
+    assert re.findall(r'<td class="num">([^<]+)</td>', daily)[-1] == "0.850005"
+    assert "0.850005000" not in body
+
+
 def test_usage_hides_the_channel_unless_a_setting_shows_it(
     alice_client, alice, channels, groups, settings
 ):

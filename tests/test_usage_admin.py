@@ -254,6 +254,16 @@ def test_a_filter_that_does_not_apply_is_a_400_not_a_500(admin_client, world):
     assert response.status_code == 400
 
 
+@pytest.mark.parametrize(
+    "query", [{"model": "gpt\x00"}, {"username": "\x00"}, {"endpoint": "no/such"}]
+)
+def test_a_filter_value_no_record_can_hold_is_refused_not_a_500(admin_client, world, query):
+    """PostgreSQL refuses a NUL in text; an endpoint the relay does not serve matches nothing."""
+    response = admin_client.get(reverse(LIST), query)
+    assert response.status_code == 302 and response["Location"].endswith("?e=1")
+    assert admin_client.get(reverse(EXPORT), query).status_code == 400
+
+
 def test_the_endpoint_filter_lists_the_relay_endpoints_without_reading_the_table(
     admin_client, world, alice
 ):

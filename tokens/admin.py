@@ -1,5 +1,8 @@
+import re
+
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import ValidationError
 from django.db.models import Q
 from django.shortcuts import redirect
@@ -151,8 +154,10 @@ class RoutedByGroupFilter(admin.SimpleListFilter):
 
     def queryset(self, request, queryset):
         value = self.value()
-        if not value or not value.isdigit():
+        if not value:
             return queryset
+        if not re.fullmatch(r"[0-9]{1,18}", value):
+            raise IncorrectLookupParameters(f"routed_by={value!r} is not a group id.")
         return queryset.filter(
             Q(group_id=value) | Q(group__isnull=True, auto=False, owner__group_id=value)
         )
@@ -281,7 +286,7 @@ class TokenAdmin(admin.ModelAdmin):
         state = "expired" if token.status == "active" and token.is_expired else token.status
         return badge(state, STATUS_LEVEL.get(state, "off"))
 
-    @admin.action(description="Revoke the selected tokens")
+    @admin.action(description="Revoke the selected tokens", permissions=["change"])
     def revoke(self, request, queryset):
         count = issuing.revoke(queryset)
         self.message_user(request, f"Revoked {count} token(s).")
