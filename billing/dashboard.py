@@ -18,7 +18,8 @@ from django.utils import timezone
 
 from billing import chart, rollups
 from billing.models import UsageRollup
-from channels_app import breaker
+from billing.reports import as_money, money_sum
+from channels_app import breaker, channel_state
 from channels_app.models import Channel
 
 logger = logging.getLogger(__name__)
@@ -110,13 +111,15 @@ class Dashboard:
 def _row(name: str, data: dict) -> Row:
     return Row(
         name=name,
-        cost=rollups.money_value(data["cost"]),
+        cost=as_money(data["cost"]),
         **{key: data[key] or 0 for key in SUMS},
     )
 
 
 def _sums():
-    return {name: Sum(name) for name in SUMS} | {"cost": rollups.money_sum("cost")}
+    return {name: Sum(name) for name in SUMS} | {
+        "cost": money_sum("cost", UsageRollup.objects.all())
+    }
 
 
 def build(user, now: datetime | None = None) -> Dashboard:
@@ -235,6 +238,10 @@ def _notes(done: rollups.Refreshed | None, now: datetime) -> list[str]:
     return []
 
 
+# The channel list's badge says the breaker's whole sentence; here it is the detail beside.
+ATTENTION_LABELS = {"cooling": "Cooling down", "half_open": "Trying again (half-open)"}
+
+
 def _attention() -> list[Attention]:
     """Channels disabled automatically, cooling down (breaker open or half-open) or whose last
     attempt failed: the operator's to-do list."""
@@ -250,19 +257,7 @@ def _attention() -> list[Attention]:
     found = []
     for channel in channels:
         url = reverse("admin:channels_app_channel_change", args=[channel.pk])
-        if channel.status == Channel.Status.AUTO_DISABLED:
-            found.append(
-                Attention(channel, url, "bad", "Disabled automatically", channel.status_reason)
-            )
-        elif channel.pk in cooling:
-            text = breaker.describe(states[channel.pk], now, opened="cooling down")
-            found.append(Attention(channel, url, "warn", "Cooling down", text))
-        else:
-            when = (
-                timezone.localtime(channel.last_error_at).strftime("%Y-%m-%d %H:%M")
-                if channel.last_error_at
-                else ""
-            )
-            detail = f"{when}: {channel.last_error}" if when else channel.last_error
-            found.append(Attention(channel, url, "warn", "Last attempt failed", detail))
+        state = channel_state.of(channel, states, now)  # the channel list's words and colours
+        label = ATTENTION_LABELS.get(state.key, state.label)
+        found.append(Attention(channel, url, state.level, label, state.title))
     return found

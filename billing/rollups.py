@@ -18,15 +18,14 @@ refreshes everything from the watermark, and with `--since` rebuilds older histo
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
-from django.db import connection, transaction
-from django.db.models import BigIntegerField, Count, F, Func, Q, Sum, Value
+from django.db import transaction
+from django.db.models import Count, F, Q, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from billing.models import RollupWatermark, UsageRecord, UsageRollup
-from billing.reports import dimension
+from billing.reports import as_money, dimension, money_sum
 
 HOUR = timedelta(hours=1)
 SETTLE_MARGIN = timedelta(minutes=5)
@@ -35,34 +34,11 @@ RECENT = timedelta(hours=24)
 Status = UsageRecord.Status
 NOT_ERRORS = (Status.SUCCESS, Status.PENDING)
 TOKENS = ("prompt_tokens", "cached_tokens", "cache_write_tokens", "completion_tokens")
-UNITS = 10**10  # the ledger's 10 decimal places
 
 
 def hour_of(moment: datetime) -> datetime:
     """The start of the UTC hour `moment` falls in."""
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-def money_sum(field: str):
-    """Sum(field) of a money column, exact: PostgreSQL sums numerics exactly; SQLite keeps
-    them as doubles, so there the sum is of whole 1e-10 units (read it with `money_value`)."""
-    if connection.vendor == "sqlite":
-        units = Func(
-            F(field),
-            template=f"CAST(ROUND(%(expressions)s * {UNITS}) AS INTEGER)",
-            output_field=BigIntegerField(),
-        )
-        return Coalesce(Sum(units), Value(0))
-    return Sum(field)
-
-
-def money_value(value) -> Decimal:
-    """What `money_sum` read, as Decimal."""
-    if value is None:
-        return Decimal("0")
-    if connection.vendor == "sqlite":
-        return Decimal(int(value)).scaleb(-10)
-    return Decimal(value)
 
 
 def watermark() -> datetime | None:
@@ -144,9 +120,9 @@ def _refresh_hour(hour: datetime, end: datetime, claim: bool) -> tuple[datetime,
 def _sums(start: datetime, stop: datetime) -> list[UsageRollup]:
     """The records created in [start, stop) summed by group, model and channel, as unsaved
     rollup rows of hour `start`."""
+    records = UsageRecord.objects.filter(created__gte=start, created__lt=stop)
     found = (
-        UsageRecord.objects.filter(created__gte=start, created__lt=stop)
-        .values(
+        records.values(
             group_key=dimension("group"),
             model_key=F("requested_model"),
             channel_key=dimension("channel"),
@@ -156,7 +132,7 @@ def _sums(start: datetime, stop: datetime) -> list[UsageRollup]:
             n_errors=Count("pk", filter=~Q(status__in=NOT_ERRORS)),
             n_pending=Count("pk", filter=Q(status=Status.PENDING)),
             **{f"sum_{name}": Coalesce(Sum(name), Value(0)) for name in TOKENS},
-            sum_cost=money_sum("cost"),
+            sum_cost=money_sum("cost", records),
         )
         .order_by()
     )
@@ -169,7 +145,7 @@ def _sums(start: datetime, stop: datetime) -> list[UsageRollup]:
             requests=row["n"],
             errors=row["n_errors"],
             pending=row["n_pending"],
-            cost=money_value(row["sum_cost"]),
+            cost=as_money(row["sum_cost"]),
             **{name: row[f"sum_{name}"] for name in TOKENS},
         )
         for row in found

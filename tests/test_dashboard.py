@@ -313,7 +313,7 @@ def test_channels_needing_attention_are_listed_with_why_and_a_link(admin_client,
     rows = dict(re.findall(r'<a href="[^"]*/(\d+)/change/">([^<]+)</a>', section))
     assert rows == {str(c.pk): c.name for c in (cooling, failing, refused)}
     assert "Disabled automatically" in section and "refused the channel&#x27;s key" in section
-    assert "Last attempt failed" in section and "HTTP 502: bad gateway" in section
+    assert "Failing" in section and "HTTP 502: bad gateway" in section
     assert "Cooling down" in section and "2 failures: timed out" in section
 
 
