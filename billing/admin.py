@@ -153,7 +153,7 @@ class UsageRecordAdmin(admin.ModelAdmin):
     # latency, stream, estimated) are in the cells' titles, on the record's page and in the CSV.
     list_display = (
         "time",
-        "requested_model",
+        "requested",
         "user_label",
         "group_label",
         "channel_label",
@@ -182,7 +182,6 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
     class Media:
         css = {"all": [*CSS["all"], "billing/usage_list.css"]}
-        js = ["billing/usage_list.js"]
 
     def has_add_permission(self, request):
         return False
@@ -244,6 +243,10 @@ class UsageRecordAdmin(admin.ModelAdmin):
             local.strftime(day),
             local.strftime("%H:%M:%S"),
         )
+
+    @admin.display(description="requested model", ordering="requested_model")
+    def requested(self, record):
+        return _cut(record.requested_model)
 
     # The user, group or channel; once it is deleted, the name the record kept ("(deleted)").
     @admin.display(description="user", ordering="user__username")

@@ -77,10 +77,8 @@ class GroupOffer:
 
 
 def usable_channels(table: Table, group_id: int) -> list[ChannelEntry]:
-    """The group's channels routing may try: enabled, with a key it can read."""
-    return [
-        ch for ch in table.channels_by_group.get(group_id, ()) if ch.enabled and ch.key is not None
-    ]
+    """The group's channels routing may try (ChannelEntry.usable)."""
+    return [ch for ch in table.channels_by_group.get(group_id, ()) if ch.usable]
 
 
 def _price(rates: list, field: str, multiplier: Decimal) -> Price:

@@ -162,7 +162,7 @@ def plan(
                         f"cannot serve /v1/{endpoint}."
                     )
                 continue
-            if not ch.enabled or ch.key is None:
+            if not ch.usable:
                 result.unavailable += 1
                 if explain:
                     why = (
@@ -244,7 +244,7 @@ def reachable_models(token, *, table: Table | None = None) -> list[str]:
     models = set()
     for group in token_groups(token, table).entries:
         for ch in table.channels_by_group.get(group.id, ()):
-            if ch.enabled and ch.key is not None:
+            if ch.usable:
                 models.update(ch.models)
     allow = token.model_allowlist
     if allow:

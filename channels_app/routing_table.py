@@ -61,6 +61,11 @@ class ChannelEntry:
     def enabled(self) -> bool:
         return self.status == Channel.Status.ENABLED
 
+    @property
+    def usable(self) -> bool:
+        """What routing may try: enabled, with a key it can read."""
+        return self.enabled and self.key is not None
+
     def rates(self, model: str) -> Rates:
         return self.prices.get(model) or self.default_rates
 

@@ -132,14 +132,6 @@ class ChannelMembershipInline(admin.TabularInline):
 TOKENS_SHOWN = 50  # the newest: the default group may route thousands
 
 
-def routed_tokens(group: Group):
-    """Tokens that route by this group: those that name it, and those without a group whose
-    owner's default group it is (an auto token names no group and routes by auto)."""
-    return Token.objects.filter(
-        Q(group=group) | Q(group__isnull=True, auto=False, owner__group=group)
-    )
-
-
 @admin.register(Group)
 class GroupAdmin(admin.ModelAdmin):
     list_display = (
@@ -183,16 +175,12 @@ class GroupAdmin(admin.ModelAdmin):
         routing = (name, {**options, "fields": (*options["fields"], "route_preview")})
         return (*self.fieldsets[:2], routing, *self.fieldsets[3:])
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        group = self.get_object(request, object_id)
-        if group is not None:
-            tokens = routed_tokens(group).select_related("owner").order_by("-created")
-            extra_context = {
-                **(extra_context or {}),
-                "routed_tokens": list(tokens[:TOKENS_SHOWN]),
-                "routed_tokens_shown": TOKENS_SHOWN,
-            }
-        return super().change_view(request, object_id, form_url, extra_context)
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if obj is not None:  # the group the page already read
+            tokens = Token.objects.routed_by(obj.pk).select_related("owner").order_by("-created")
+            context["routed_tokens"] = list(tokens[:TOKENS_SHOWN])
+            context["routed_tokens_shown"] = TOKENS_SHOWN
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def get_queryset(self, request):
         return (
@@ -210,7 +198,7 @@ class GroupAdmin(admin.ModelAdmin):
         if group.pk is None:
             return "-"
         tokens = reverse("admin:tokens_token_changelist")
-        by_default = routed_tokens(group).filter(group__isnull=True).count()
+        by_default = Token.objects.routed_by(group.pk).filter(group__isnull=True).count()
         return format_html(
             '<a href="{}">All {} tokens that name {}</a>; <a href="{}">{} more route by it as '
             "their owner's default group</a> (they name no group)",

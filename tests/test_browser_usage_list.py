@@ -13,7 +13,7 @@ from billing.models import UsageRecord
 from groups.models import User
 from tests.factories import make_channel, make_group, make_token, make_user
 
-# The header of each: the model column is the field itself ("requested model").
+# The header of each (the model column says "requested model").
 KEY_COLUMNS = ("time", "requested model", "user", "group", "channel", "tokens", "cost", "status")
 STATUSES = ["success", "success", "success", "upstream_error", "client_disconnected"]
 

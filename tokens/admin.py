@@ -158,9 +158,7 @@ class RoutedByGroupFilter(admin.SimpleListFilter):
             return queryset
         if not re.fullmatch(r"[0-9]{1,18}", value):
             raise IncorrectLookupParameters(f"routed_by={value!r} is not a group id.")
-        return queryset.filter(
-            Q(group_id=value) | Q(group__isnull=True, auto=False, owner__group_id=value)
-        )
+        return queryset.routed_by(int(value))
 
 
 @admin.register(Token)

@@ -67,6 +67,14 @@ class TokenQuerySet(models.QuerySet):
     def for_key(self, key: str):
         return self.filter(key_hash=hash_key(key))
 
+    def routed_by(self, group_id: int):
+        """Tokens that route by this group: those that name it, and those that name no group
+        whose owner's default group it is (an auto token names none but routes by auto)."""
+        return self.filter(
+            models.Q(group_id=group_id)
+            | models.Q(group__isnull=True, auto=False, owner__group_id=group_id)
+        )
+
 
 class Token(models.Model):
     """An API key. Only its hash and a short display prefix are stored."""
